@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh Debian machine: system tools (when root) and a virtualenv in .venv.
+#   scripts/setup.sh train   the tuning job only
+#   scripts/setup.sh dev     everything the default test run needs (job, service, Prometheus, Pushgateway)
+#   scripts/setup.sh e2e     dev + podman and debootstrap for the container end-to-end test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-dev}"
+
+apt_packages=()
+case "$profile" in
+  train) extras="train" ;;
+  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway) ;;
+  e2e) extras="train,serve,dev"
+       apt_packages=(prometheus prometheus-pushgateway podman runc buildah debootstrap podman-compose) ;;
+  *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;
+esac
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing system packages: ${missing[*]} (run as root or apt-get install them)" >&2; exit 1
+  fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
