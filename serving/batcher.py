@@ -1,0 +1,188 @@
+"""Dynamic batching: requests queued at the same time are merged into one model call.
+
+A batch runs as soon as a batch thread is free (so a lone request waits for nothing), unless
+``max_queue_delay`` is set: then a partial batch waits up to that long, from its oldest request, for
+more images. While a model call runs, new requests queue up and form the next batch. The queue is
+bounded in images; a request that would overflow it gets RESOURCE_EXHAUSTED at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelUnavailable, Overloaded
+from .metrics import ServingMetrics
+from .model_store import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Item:
+    model: LoadedModel
+    images: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+
+
+class Batcher:
+    """Merges concurrent requests per model version into batches of at most ``max_batch_size`` images."""
+
+    def __init__(
+        self,
+        metrics: ServingMetrics,
+        max_batch_size: int = 256,
+        max_queue_delay: float = 0.0,
+        max_queued_images: int = 8192,
+        threads: int = 1,
+    ) -> None:
+        self._metrics = metrics
+        self._max_batch = max_batch_size
+        self._delay = max_queue_delay
+        self._max_queued = max_queued_images
+        self._threads = threads
+        self._queue: deque[_Item] = deque()
+        self._queued_images = 0
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model")
+        self._wakeup: asyncio.Event | None = None
+        self._free = asyncio.Semaphore(threads)
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._draining = False
+        self._running: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def predict(self, model: LoadedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Queue ``images`` (float32 [n, 28, 28]) for ``model``; returns (probabilities, classes)."""
+        if self._closing:
+            raise ModelUnavailable("the server is shutting down")
+        count = len(images)
+        if self._queued_images + count > self._max_queued:
+            raise Overloaded(
+                f"the batching queue is full ({self._queued_images} of {self._max_queued} images queued); "
+                "retry later"
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(model, images, future, time.perf_counter()))
+        self._queued_images += count
+        self._wakeup.set()
+        return await future
+
+    def drain(self) -> None:
+        """Shutting down: stop waiting for partial batches to fill; still accept requests."""
+        self._draining = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Run what is queued (without waiting for the queue delay), then stop."""
+        self._closing = self._draining = True
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._free.acquire()
+            if self._delay > 0 and not self._draining:
+                await self._wait_for_batch()
+            items = self._take_batch()
+            if self._threads == 1:  # one call at a time: run it here and save a task per batch
+                await self._run(items)
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(items))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _wait_for_batch(self) -> None:
+        deadline = self._queue[0].enqueued + self._delay
+        while self._queued_images < self._max_batch and not self._draining:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Item]:
+        """Oldest request first, then later ones for the same model version while they fit."""
+        first = self._queue.popleft()
+        items, size = [first], len(first.images)
+        skipped: list[_Item] = []
+        while self._queue and size < self._max_batch:
+            item = self._queue[0]
+            if size + len(item.images) > self._max_batch:
+                break
+            self._queue.popleft()
+            if item.model is first.model:
+                items.append(item)
+                size += len(item.images)
+            else:  # another version (a swap happened): it goes into a later batch
+                skipped.append(item)
+        self._queue.extendleft(reversed(skipped))
+        self._queued_images -= size
+        return items
+
+    async def _run(self, items: list[_Item]) -> None:
+        try:
+            live = [item for item in items if not item.future.done()]  # skip cancelled requests
+            if not live:
+                return
+            started = time.perf_counter()
+            for item in live:
+                self._metrics.queue_wait.observe(started - item.enqueued)
+            loop = asyncio.get_running_loop()
+            try:
+                probabilities, classes, seconds = await loop.run_in_executor(
+                    self._executor, _call_model, live[0].model, [item.images for item in live]
+                )
+            except Exception as exc:
+                log.exception("model call failed for a batch of %d requests", len(live))
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            total = len(classes)
+            self._metrics.model_execution.observe(seconds)
+            self._metrics.batch_size.observe(total)
+            self._metrics.images.inc(total)
+            self._metrics.observe_predictions(np.bincount(classes, minlength=10).tolist())
+            start = 0
+            for item in live:
+                end = start + len(item.images)
+                if not item.future.done():
+                    item.future.set_result((probabilities[start:end], classes[start:end]))
+                start = end
+        finally:
+            self._free.release()
+            if self._queue:
+                self._wakeup.set()
+
+
+def _call_model(model: LoadedModel, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Runs on a batch thread: merge, call the model once, time the call."""
+    images = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    started = time.perf_counter()
+    probabilities, classes = model.predict(images)
+    return probabilities, classes, time.perf_counter() - started

@@ -1,0 +1,71 @@
+"""Registers servicer methods on the gRPC server, with status mapping and metrics applied in one place.
+
+Handlers receive raw bytes and parse them here, so a request that is not even valid protobuf is the
+client's mistake (INVALID_ARGUMENT) rather than gRPC's default INTERNAL for deserialisation failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from .errors import InvalidInput, status_for
+from .metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+def service_handler(
+    service: ServiceDescriptor, methods: Mapping[str, tuple[str, Handler]], metrics: ServingMetrics
+) -> grpc.GenericRpcHandler:
+    """A generic handler for ``service``: ``methods`` maps RPC name -> (metric label, handler).
+
+    RPCs of the service that are not in ``methods`` answer UNIMPLEMENTED (gRPC's own behaviour).
+    """
+    handlers = {}
+    for name, (label, handler) in methods.items():
+        request_class = message_factory.GetMessageClass(service.methods_by_name[name].input_type)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(_wrap(label, handler, request_class, metrics))
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _wrap(
+    label: str, handler: Handler, request_class: type[Message], metrics: ServingMetrics
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    type_name = request_class.DESCRIPTOR.full_name
+
+    async def behaviour(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        metrics.inflight.inc()
+        code = "OK"
+        try:
+            try:
+                request = request_class.FromString(data)
+            except DecodeError as exc:
+                raise InvalidInput(f"the request is not a valid {type_name} message") from exc
+            response = await handler(request, context)
+            return response.SerializeToString()
+        except asyncio.CancelledError:  # the client went away or the deadline passed
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            status, message = status_for(exc)
+            code = status.name
+            if status is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", label)
+            await context.abort(status, message)
+            raise AssertionError("unreachable: abort() raises") from exc
+        finally:
+            metrics.inflight.dec()
+            metrics.observe_request(label, code, time.perf_counter() - started)
+
+    return behaviour

@@ -1,0 +1,183 @@
+"""The prediction server: ``create_server(settings)`` builds and binds it, ``serve`` runs it until SIGTERM.
+
+``python -m serving.server --model-root DIR [--port N] [--metrics-port N] ...`` (all flags: ``--help``;
+each is also a ``DIGITS_*`` environment variable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from tensorflow_serving.apis import prediction_service_pb2
+
+from digits.v1 import digits_pb2
+
+from .batcher import Batcher
+from .digits_servicer import DigitsServicer
+from .metrics import ServingMetrics
+from .model_store import ModelStore
+from .rpc import service_handler
+from .settings import Settings, parse_settings
+from .tfs_servicer import TfsPredictionServicer
+
+log = logging.getLogger(__name__)
+
+DIGITS_SERVICE = digits_pb2.DESCRIPTOR.services_by_name["DigitClassifier"]
+TFS_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class PredictionServer:
+    """A bound (not yet started) server: gRPC services, model store, batcher and /metrics endpoint."""
+
+    def __init__(self, settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
+        self.settings = settings
+        self.metrics = ServingMetrics()
+        self.metrics.loaded_version.labels(model=settings.default_model).set(0)
+        self.store = ModelStore(settings.model_root, self.metrics, settings.max_loaded_versions)
+        self.batcher = Batcher(
+            self.metrics,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay=settings.max_queue_delay_us / 1e6,
+            max_queued_images=settings.max_queued_images,
+            threads=settings.batch_threads,
+        )
+        self.health = health_aio.HealthServicer()
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
+        self._poller: asyncio.Task | None = None
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
+        ]
+        self.grpc_server = grpc.aio.server(options=options)
+        common = (self.store, self.batcher, settings.default_model, settings.max_images_per_request)
+        digits = DigitsServicer(*common)
+        tfs = TfsPredictionServicer(*common)
+        self.grpc_server.add_generic_rpc_handlers(
+            [
+                service_handler(
+                    DIGITS_SERVICE,
+                    {
+                        "Predict": ("Predict", digits.Predict),
+                        "GetModelMetadata": ("GetModelMetadata", digits.GetModelMetadata),
+                    },
+                    self.metrics,
+                ),
+                service_handler(
+                    TFS_SERVICE,
+                    {
+                        "Predict": ("tfs.Predict", tfs.Predict),
+                        "GetModelMetadata": ("tfs.GetModelMetadata", tfs.GetModelMetadata),
+                    },
+                    self.metrics,
+                ),
+                *extra_handlers,
+            ]
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            [DIGITS_SERVICE.full_name, TFS_SERVICE.full_name, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME],
+            self.grpc_server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            self.port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
+        self._httpd, _ = start_http_server(
+            settings.metrics_port, settings.metrics_host, registry=self.metrics.registry
+        )
+        self.metrics_port: int = self._httpd.server_port
+
+    async def start(self) -> None:
+        """Start answering (health NOT_SERVING until a model is loaded) and polling the repository."""
+        await self._set_health(NOT_SERVING_STATUS)
+        self.batcher.start()
+        await self.grpc_server.start()
+        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poller")
+        log.info(
+            "gRPC on %s:%d (%s), metrics on %s:%d/metrics, model root %s",
+            self.settings.host,
+            self.port,
+            "TLS" if self.settings.tls_cert else "plaintext",
+            self.settings.metrics_host,
+            self.metrics_port,
+            self.settings.model_root,
+        )
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                changed = await loop.run_in_executor(self._loader, self.store.refresh)
+            except Exception:  # a scan error must not stop future scans
+                log.exception("scanning the model repository %s failed", self.settings.model_root)
+            else:
+                if changed:
+                    await self._set_health(SERVING_STATUS if self.store.ready() else NOT_SERVING_STATUS)
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", DIGITS_SERVICE.full_name, TFS_SERVICE.full_name):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace`` seconds, then stop."""
+        await self.health.enter_graceful_shutdown()
+        if self._poller is not None:
+            self._poller.cancel()
+        self.batcher.drain()
+        await self.grpc_server.stop(grace)
+        await self.batcher.close()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        log.info("server stopped")
+
+
+def create_server(
+    settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()
+) -> tuple[PredictionServer, int]:
+    """Build the server and bind its ports; returns it and the bound gRPC port. Call inside an event loop."""
+    server = PredictionServer(settings, extra_handlers)
+    return server, server.port
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server, _ = create_server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("signal received: shutting down (grace %.1f s)", settings.grace_seconds)
+    await server.stop(settings.grace_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

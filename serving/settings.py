@@ -1,0 +1,85 @@
+"""Service settings: command-line flags override ``DIGITS_*`` environment variables override defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+import modelrepo
+
+
+class Settings(BaseSettings):
+    """Every knob of ``python -m serving.server``; each field is ``--kebab-name`` or ``DIGITS_UPPER_NAME``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIGITS_",
+        cli_kebab_case=True,
+        cli_prog_name="python -m serving.server",
+        cli_implicit_flags=True,
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    model_root: Path = Field(description="model repository root: <root>/<model_name>/<version>/")
+    default_model: str = Field(
+        default=modelrepo.DEFAULT_MODEL_NAME, description="model answering requests that name no model"
+    )
+    host: str = Field(default="0.0.0.0", description="gRPC listen address")
+    port: int = Field(default=8500, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    metrics_host: str = Field(default="0.0.0.0", description="metrics HTTP listen address")
+    metrics_port: int = Field(default=8000, ge=0, le=65535, description="/metrics port (0 picks a free one)")
+    poll_interval_seconds: float = Field(
+        default=5.0, gt=0, description="how often the model repository is checked for new versions"
+    )
+    max_loaded_versions: int = Field(
+        default=2, ge=1, description="newest versions kept loaded (older ones are unloaded)"
+    )
+    max_batch_size: int = Field(default=256, ge=1, description="most images merged into one model call")
+    max_queue_delay_us: int = Field(
+        default=0,
+        ge=0,
+        description="how long a partial batch may wait for more requests before it runs (0: run at once)",
+    )
+    max_queued_images: int = Field(
+        default=8192, ge=1, description="images waiting for the model before RESOURCE_EXHAUSTED"
+    )
+    max_images_per_request: int = Field(default=1024, ge=1, description="largest batch in one request")
+    batch_threads: int = Field(default=1, ge=1, description="model calls that may run at the same time")
+    max_message_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="largest gRPC request or response message"
+    )
+    grace_seconds: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, time given to in-flight requests to finish"
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain; enables TLS with tls_key")
+    tls_key: Path | None = Field(default=None, description="PEM private key for tls_cert")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together (or neither)")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        if self.max_images_per_request > self.max_queued_images:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) cannot exceed "
+                f"max_queued_images ({self.max_queued_images})"
+            )
+        largest = self.max_images_per_request * 28 * 28 * 4 + 4096  # float form, plus framing
+        if largest > self.max_message_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) is too small for max_images_per_request "
+                f"({self.max_images_per_request}) float images: need at least {largest}"
+            )
+        modelrepo.validate_model_name(self.default_model)
+        return self
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    """Settings from ``argv`` (flags win), then the environment, then defaults; exits on bad input."""
+    return CliApp.run(Settings, cli_args=argv if argv is not None else None)
