@@ -114,7 +114,9 @@ class EpochLogger(keras.callbacks.Callback):
         if not self.per_epoch_lines:
             return
         logs = logs or {}
-        metrics = " ".join(f"{key}={value:.4f}" for key, value in sorted(logs.items()) if key != "learning_rate")
+        metrics = " ".join(
+            f"{key}={value:.4f}" for key, value in sorted(logs.items()) if key != "learning_rate"
+        )
         log.info(
             "%s epoch %d/%d %s (%.1fs) elapsed %s eta %s",
             self.label,

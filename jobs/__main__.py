@@ -1,0 +1,7 @@
+"""``python -m jobs`` is ``python -m jobs.tune``."""
+
+import sys
+
+from jobs.tune import main
+
+sys.exit(main())

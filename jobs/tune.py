@@ -1,0 +1,447 @@
+"""The tuning job: ``python -m jobs.tune --preset {seed,default,smoke} [...]`` (see docs/tuning.md).
+
+Three steps a distributed run can split: :func:`build_tuner` (per process, by ``tuner_id``),
+:func:`run_search` (every process), :func:`finalize` (final fit, test score, report, export; chief only).
+TensorFlow is imported only after the configuration is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobs.config import PRESETS, ConfigError, JobConfig, load_config, set_overrides, to_yaml
+
+if TYPE_CHECKING:
+    import keras_tuner as kt
+
+    from jobs.data import Mnist, Splits
+    from jobs.progress import SearchProgress
+
+log = logging.getLogger("jobs.tune")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_SEARCH = 4
+EXIT_EXPORT = 5
+EXIT_INTERRUPTED = 130
+
+TUNER_DIR = "tuner"  # <output>/tuner: Keras Tuner's project (resume state)
+MODELS_DIR = "models"  # <output>/models: the model repository
+REPORT_DIR = "report"
+
+
+class SearchError(Exception):
+    """The search cannot go on (fatal Keras Tuner error, too many failed trials, nothing scored)."""
+
+
+class ExportError(Exception):
+    """The final model could not be published to the model repository."""
+
+
+@dataclass
+class FinalResult:
+    version: int
+    path: Path
+    test_accuracy: float
+    val_accuracy: float | None
+    hyperparameters: dict[str, Any]
+    trials: int
+
+
+def output_paths(config: JobConfig) -> dict[str, Path]:
+    root = Path(config.output.dir)
+    return {
+        "root": root,
+        "tuner": root / TUNER_DIR,
+        "models": root / MODELS_DIR,
+        "report": root / REPORT_DIR,
+    }
+
+
+def setup_runtime(config: JobConfig) -> None:
+    """Seeds, GPU memory growth and the precision policy; works the same without a GPU."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        if config.runtime.gpu_memory_growth:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if config.runtime.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        if not gpus:
+            log.warning("mixed precision is on but TensorFlow sees no GPU: training will be slower")
+    log.info("devices: %d GPU(s); precision policy %s", len(gpus), keras.mixed_precision.global_policy().name)
+
+
+def load_data(config: JobConfig) -> tuple[Mnist, Splits]:
+    """MNIST and its splits (raises :class:`jobs.data.DataError`)."""
+    from jobs import data
+
+    mnist = data.load_mnist(config.data.dir, config.data.cache_dir)
+    splits = data.split(mnist, config.data.validation_size, config.seed)
+    if config.search.train_subset is not None and config.search.train_subset > len(splits.x_train):
+        raise data.DataError(
+            f"{mnist.source}: search.train_subset {config.search.train_subset} exceeds the "
+            f"{len(splits.x_train)} training examples"
+        )
+    log.info(
+        "data from %s: %d train (%s used by trials), %d validation, %d test",
+        mnist.source,
+        len(splits.x_train),
+        config.search.train_subset or "all",
+        len(splits.x_val),
+        len(splits.x_test),
+    )
+    return mnist, splits
+
+
+def build_tuner(
+    config: JobConfig,
+    splits: Splits,
+    tuner_id: str | None = None,
+    progress: SearchProgress | None = None,
+) -> kt.Tuner:
+    """The configured tuner on ``<output>/tuner``; reloads (resumes) the project if it exists.
+
+    Keras Tuner picks the state file to reload by ``KERASTUNER_TUNER_ID`` (default ``tuner0``), so a
+    ``tuner_id`` given here is also exported there when that variable is unset.
+    """
+    from jobs import tuners
+    from jobs.search_space import MlpHyperModel
+
+    if tuner_id and "KERASTUNER_TUNER_ID" not in os.environ:
+        os.environ["KERASTUNER_TUNER_ID"] = tuner_id
+    train_size = len(splits.subset(config.search.train_subset)[0])
+    hypermodel = MlpHyperModel(config.space, train_size, config.search.epochs)
+    paths = output_paths(config)
+    paths["root"].mkdir(parents=True, exist_ok=True)
+    try:
+        tuner = tuners.create_tuner(config, hypermodel, paths["root"], TUNER_DIR, tuner_id)
+    except (ValueError, RuntimeError) as exc:
+        raise SearchError(f"cannot create or reload the tuner in {paths['tuner']}: {exc}") from exc
+    if progress is not None:
+        tuner.progress = progress
+        progress.resume(*tuners.finished_work(tuner))
+    return tuner
+
+
+def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
+    """Run (or continue) the search; returns its wall time. Raises :class:`SearchError` if fatal."""
+    import keras
+    import keras_tuner as kt
+
+    from jobs.progress import interactive
+
+    x, y = splits.subset(config.search.train_subset)
+    callbacks: list[keras.callbacks.Callback] = []
+    if config.search.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=config.tuner.objective, patience=config.search.early_stopping_patience
+            )
+        )
+    if config.runtime.tensorboard:
+        # Keras Tuner gives each trial its own subdirectory and adds the HParams callback.
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                log_dir=str(output_paths(config)["report"] / "tensorboard"),
+                write_graph=False,
+                profile_batch=0,
+            )
+        )
+    started = time.monotonic()
+    try:
+        tuner.search(
+            x,
+            y,
+            validation_data=(splits.x_val, splits.y_val),
+            epochs=config.search.epochs,
+            callbacks=callbacks,
+            verbose=1 if interactive() else 0,
+        )
+    except kt.errors.FatalError as exc:
+        raise SearchError(f"fatal error in the search: {exc}") from exc
+    except RuntimeError as exc:  # Keras Tuner's "consecutive failures exceeded the limit"
+        raise SearchError(str(exc)) from exc
+    seconds = time.monotonic() - started
+    log.info("search finished in %.1fs", seconds)
+    return seconds
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "keras-tuner", "numpy", "pydantic"):
+        versions[package] = version(package)
+    return versions
+
+
+def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None) -> dict:
+    """The model to export, from the best trial (``final.mode``); see docs/tuning.md."""
+    import keras
+    import numpy as np
+
+    from jobs import tuners
+    from jobs.progress import EpochLogger, interactive
+    from jobs.search_space import build_mlp, model_values, one_hot
+
+    objective = config.tuner.objective
+    best = tuner.oracle.get_best_trials(1)
+    if not best:
+        raise SearchError("no trial completed: nothing to export")
+    best_trial = best[0]
+    values = model_values(best_trial.hyperparameters.values)
+    record = tuners.read_history(tuner, best_trial.trial_id)
+    trial_history = record["history"] if record else None
+    val_accuracy = (
+        float(best_trial.metrics.get_best_value("val_accuracy"))
+        if best_trial.metrics.exists("val_accuracy")
+        else None
+    )
+    best_epochs = tuners.best_epoch_count(record, objective) if record else config.trial_epochs()
+    if config.final.mode == "best_trial":
+        model = tuner.load_model(best_trial)
+        note = (
+            f"weights of trial {best_trial.trial_id} at its best epoch ({best_epochs}), trained on "
+            f"{config.search.train_subset or len(splits.x_train)} training examples; "
+            f"val_accuracy is that trial's best"
+        )
+        history = trial_history or {}
+    else:
+        epochs = best_epochs if config.final.epochs == "best" else int(config.final.epochs)
+        x, y = splits.train_and_val()
+        batch_size = int(values["batch_size"])
+        model = build_mlp(values, int(np.ceil(len(x) / batch_size)), epochs)
+        callbacks: list[keras.callbacks.Callback] = []
+        if progress is not None:
+            progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
+            callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
+        if config.runtime.tensorboard:
+            log_dir = output_paths(config)["report"] / "tensorboard" / "final"
+            callbacks.append(
+                keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
+            )
+        log.info("final fit: %d epochs on %d examples (train+validation)", epochs, len(x))
+        fit = model.fit(
+            x,
+            one_hot(y),
+            batch_size=batch_size,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=1 if interactive() else 0,
+        )
+        history = {
+            key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"
+        }
+        note = (
+            f"retrained from scratch on train+validation ({len(x)} examples) for {epochs} epochs "
+            f"({'the best trial best epoch count' if config.final.epochs == 'best' else 'final.epochs'}) "
+            f"with trial {best_trial.trial_id}'s hyperparameters; val_accuracy is that trial's best"
+        )
+    return {
+        "model": model,
+        "values": values,
+        "note": note,
+        "history": history,
+        "trial_history": trial_history,
+        "val_accuracy": val_accuracy,
+        "best_trial": best_trial.trial_id,
+    }
+
+
+def score_on_test(model: Any, splits: Splits) -> float:
+    """Accuracy on the official test set: used once, for the final score."""
+    import numpy as np
+
+    probabilities = model.predict(splits.x_test, batch_size=2048, verbose=0)
+    return float(np.mean(np.argmax(probabilities, axis=-1) == splits.y_test))
+
+
+def finalize(
+    tuner: kt.Tuner,
+    config: JobConfig,
+    splits: Splits,
+    mnist: Mnist,
+    *,
+    search_seconds: float | None = None,
+    started: float | None = None,
+    progress: SearchProgress | None = None,
+) -> FinalResult:
+    """Final model, test score, report and atomic export of the next version."""
+    import modelrepo
+    from jobs import report, tuners
+    from jobs.export import export_model
+
+    paths = output_paths(config)
+    chosen = final_model(tuner, config, splits, progress)
+    accuracy = score_on_test(chosen["model"], splits)
+    log.info("test accuracy %.4f (%s)", accuracy, config.final.mode)
+    trials = tuners.trial_summaries(tuner, config.tuner.objective)
+    report.write_report(
+        paths["report"],
+        trials,
+        config.tuner.objective,
+        trial_history=chosen["trial_history"],
+        final_history=chosen["history"] if config.final.mode == "retrain" else None,
+        title=f"{config.preset}: trial {chosen['best_trial']}, final {config.final.mode}, "
+        f"test accuracy {accuracy:.4f}",
+    )
+    metadata = modelrepo.ModelMetadata(
+        model_name=config.output.model_name,
+        tuner=config.tuner.kind,
+        final_model=config.final.mode,
+        final_model_note=chosen["note"],
+        hyperparameters=modelrepo.to_jsonable(chosen["values"]),
+        val_accuracy=chosen["val_accuracy"],
+        test_accuracy=accuracy,
+        history=chosen["history"],
+        trials=trials,
+        data_checksums=mnist.checksums,
+        library_versions=_library_versions(),
+        config=config.model_dump(mode="json"),
+        search_seconds=search_seconds,
+        total_seconds=None if started is None else time.monotonic() - started,
+    )
+    try:
+        version, path = export_model(chosen["model"], paths["models"], metadata)
+    except Exception as exc:  # any failure here means "no new version"; publish() cleaned up
+        raise ExportError(f"export to {paths['models']} failed: {exc}") from exc
+    return FinalResult(version, path, accuracy, chosen["val_accuracy"], chosen["values"], len(trials))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.tune",
+        description=(
+            "Tune an MLP for MNIST with Keras Tuner, export the best model as a versioned SavedModel "
+            "under OUTPUT/models and write a report under OUTPUT/report. Rerunning the same command "
+            "continues an interrupted search (state in OUTPUT/tuner). Precedence: preset < --config < "
+            "environment (TUNE_PRESET, TUNE_CONFIG, TUNE_OUTPUT, MNIST_DATA_DIR, TUNE_DATA_CACHE, "
+            "TUNE_PUSHGATEWAY, TUNE_<SECTION>__<FIELD>) < flags. See docs/tuning.md."
+        ),
+        epilog="exit codes: 0 done, 2 bad config, 3 data error, 4 fatal search error, 5 export error, "
+        "130 interrupted",
+    )
+    parser.add_argument("--preset", choices=PRESETS, help="starting configuration (default: default)")
+    parser.add_argument("--config", help="YAML file merged over the preset")
+    parser.add_argument("--data-dir", help="MNIST directory (four IDX files, gzipped or not) or mnist.npz")
+    parser.add_argument("--data-cache", help="Keras download cache when no data directory is given")
+    parser.add_argument("--output", help="output folder (models/, tuner/, report/)")
+    parser.add_argument("--model-name", help="model name in the repository (default mnist)")
+    parser.add_argument("--tuner", choices=("random", "hyperband", "bayesian"), help="tuner.kind")
+    parser.add_argument("--max-trials", type=int, help="tuner.max_trials (random, bayesian)")
+    parser.add_argument("--epochs", type=int, help="search.epochs: epochs per trial (random, bayesian)")
+    parser.add_argument("--final-mode", choices=("retrain", "best_trial"), help="final.mode")
+    parser.add_argument("--final-epochs", help="final.epochs: 'best' or a number")
+    parser.add_argument("--seed", type=int, help="seed of the split, the search and the weights")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any config field, value in YAML (repeatable), e.g. --set 'space.translate_pixels=[0,2]'",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser.parse_args(argv)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        ("data", "dir"): args.data_dir,
+        ("data", "cache_dir"): args.data_cache,
+        ("output", "dir"): args.output,
+        ("output", "model_name"): args.model_name,
+        ("tuner", "kind"): args.tuner,
+        ("tuner", "max_trials"): args.max_trials,
+        ("search", "epochs"): args.epochs,
+        ("final", "mode"): args.final_mode,
+        ("final", "epochs"): (
+            int(args.final_epochs) if args.final_epochs and args.final_epochs.isdigit() else args.final_epochs
+        ),
+        ("seed",): args.seed,
+    }
+    result = set_overrides(args.set)
+    for path, value in flags.items():
+        if value is None:
+            continue
+        node = result
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return result
+
+
+def run(config: JobConfig, tuner_id: str | None = None) -> FinalResult:
+    """The whole job in one process: data, search, final model, report, export."""
+    from jobs.progress import SearchProgress
+    from jobs.pushmetrics import ProgressPusher, ProgressWatcher
+
+    started = time.monotonic()
+    setup_runtime(config)
+    mnist, splits = load_data(config)
+    pusher = ProgressPusher(config.runtime.pushgateway)
+    progress = SearchProgress(config)
+    tuner = build_tuner(config, splits, tuner_id, progress)
+    with ProgressWatcher(tuner.oracle, pusher, "val_accuracy"):
+        search_seconds = run_search(tuner, config, splits)
+    result = finalize(
+        tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
+    )
+    pusher.success()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.preset, args.config, os.environ, cli_overrides(args))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    if args.print_config:
+        sys.stdout.write(to_yaml(config))
+        return EXIT_OK
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from jobs.data import DataError
+
+    log.info("preset %s, output %s", config.preset, config.output.dir)
+    try:
+        result = run(config)
+    except (DataError, SearchError, ExportError) as exc:
+        kind = {DataError: ("data error", EXIT_DATA), SearchError: ("search failed", EXIT_SEARCH)}
+        label, code = kind.get(type(exc), ("export failed", EXIT_EXPORT))
+        log.error("%s: %s", label, exc)
+        return code
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to continue the search")
+        return EXIT_INTERRUPTED
+    log.info(
+        "done: version %d at %s, test accuracy %.4f, %d trials",
+        result.version,
+        result.path,
+        result.test_accuracy,
+        result.trials,
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
