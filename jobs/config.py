@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.distributed import DistributedConfig  # light: pydantic only
+
 PRESETS = ("seed", "default", "smoke")
 DEFAULT_PRESET = "default"
 ENV_PREFIX = "TUNE_"
@@ -229,6 +231,7 @@ class JobConfig(_Strict):
     final: FinalConfig = FinalConfig()
     output: OutputConfig = OutputConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    distributed: DistributedConfig = DistributedConfig()  # chief/worker roles, timeouts: docs/distributed.md
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
