@@ -66,7 +66,9 @@ def publish_copy(source: Path, root: Path, name: str = "mnist") -> tuple[int, Pa
 def mnist_dir() -> Path:
     import os
 
-    return Path(os.environ.get("MNIST_DATA_DIR", Path(__file__).resolve().parents[3] / "shared/datasets/mnist"))
+    return Path(
+        os.environ.get("MNIST_DATA_DIR", Path(__file__).resolve().parents[3] / "shared/datasets/mnist")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -170,3 +172,42 @@ def served(start_server, exported, tmp_path: Path) -> ServerThread:
     server = start_server(model_root=root)
     wait_serving(server.target)
     return server
+
+
+def publish_tf_module(root: Path, signature_fn, name: str = "mnist") -> tuple[int, Path]:
+    """Publish a hand-written ``tf.function`` as a version (for models the job would never export)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.serve = signature_fn
+
+    def write(staging: Path) -> None:
+        tf.saved_model.save(module, str(staging), signatures={modelrepo.SIGNATURE_NAME: signature_fn})
+
+    return modelrepo.publish(root, metadata(name), write)
+
+
+def wrong_signature_fn():
+    """Takes flat [N, 784] vectors under ``x``: loads fine in TensorFlow, breaks the contract."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 784], tf.float32, name="x")])
+    def serve(x):
+        probabilities = tf.nn.softmax(tf.zeros([tf.shape(x)[0], 10]))
+        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
+
+    return serve
+
+
+def failing_fn(max_ok: int = 2):
+    """Honours the contract but fails inside TensorFlow for batches above ``max_ok`` (a server fault)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="images")])
+    def serve(images):
+        count = tf.shape(images)[0]
+        tf.debugging.assert_less_equal(count, max_ok, message="secret internal detail")
+        probabilities = tf.nn.softmax(tf.zeros([count, 10]))
+        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
+
+    return serve
