@@ -1,0 +1,204 @@
+"""Model swaps under load (bad versions skipped) and graceful SIGTERM, with zero failed requests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import publish_copy, publish_tf_module, wait_serving, wrong_signature_fn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+import modelrepo
+from digits.v1 import digits_pb2, digits_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Load:
+    """Closed-loop clients in threads, recording (status, version) of every answer."""
+
+    def __init__(self, target: str, clients: int = 4, images: int = 1) -> None:
+        self.results: Counter = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._request = digits_pb2.PredictRequest(uint8_pixels=bytes(784 * images))
+        self._channel = grpc.insecure_channel(target)
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        stub = digits_pb2_grpc.DigitClassifierStub(self._channel)
+        while not self._stop.is_set():
+            try:
+                key = ("OK", stub.Predict(self._request, timeout=30).model_version)
+            except grpc.RpcError as exc:
+                key = (exc.code().name, None)
+            with self._lock:
+                self.results[key] += 1
+
+    def stop(self) -> Counter:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        self._channel.close()
+        return self.results
+
+
+def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _publish_raw(root: Path, version: int, fill) -> Path:
+    """Make a version directory by hand (atomically: staging dir + rename), bypassing publish()."""
+    staging = root / "mnist" / f"{modelrepo.STAGING_PREFIX}manual{version}"
+    staging.mkdir(parents=True)
+    fill(staging)
+    target = root / "mnist" / str(version)
+    os.rename(staging, target)
+    return target
+
+
+def test_hot_reload_under_load_skips_bad_versions(start_server, exported, tmp_path):
+    root = tmp_path / "models"
+    publish_copy(exported["random"], root)  # version 1
+    server = start_server(model_root=root, poll_interval_seconds=0.1)
+    wait_serving(server.target)
+    registry = server.server.metrics.registry
+
+    def loads(outcome: str) -> float:
+        return (
+            registry.get_sample_value("digits_model_loads_total", {"model": "mnist", "outcome": outcome}) or 0
+        )
+
+    def loaded_version() -> float:
+        return registry.get_sample_value("digits_model_loaded_version", {"model": "mnist"})
+
+    load = Load(server.target, clients=4)
+    try:
+        time.sleep(0.3)
+        # 2: corrupt saved_model.pb (published atomically, as the job would)
+        modelrepo.publish(
+            root,
+            modelrepo.read_metadata(exported["random"]),
+            lambda staging: (staging / modelrepo.SAVED_MODEL_FILE).write_bytes(b"\x08garbage" * 100),
+        )
+        # 3: a valid SavedModel with the wrong signature
+        publish_tf_module(root, wrong_signature_fn())
+
+        # 4: a good SavedModel whose metadata.json fails the schema
+        def bad_metadata(staging: Path) -> None:
+            shutil.copytree(exported["random"], staging, dirs_exist_ok=True)
+            (staging / modelrepo.METADATA_FILE).write_text('{"model_name": "mnist", "tuner": 3}')
+
+        _publish_raw(root, 4, bad_metadata)
+        _wait_for(lambda: loads("failure") == 3, what="three failed loads")
+        assert loaded_version() == 1
+        # 5: half-written by a careless copier (no saved_model.pb yet), completed a moment later
+        half = _publish_raw(
+            root, 5, lambda staging: shutil.copy(exported["trained"] / "metadata.json", staging)
+        )
+        _wait_for(lambda: loads("failure") == 4, what="the half-written version to fail")
+        time.sleep(0.5)  # several polls: failed versions whose files did not change are not retried
+        assert loads("failure") == 4 and loaded_version() == 1
+        for entry in exported["trained"].iterdir():
+            if entry.is_dir():
+                shutil.copytree(entry, half / entry.name)
+            elif entry.name != modelrepo.METADATA_FILE:
+                shutil.copy(entry, half / entry.name)
+        _wait_for(lambda: loaded_version() == 5, what="version 5 to load")
+        time.sleep(0.5)  # keep the load running on the new version
+    finally:
+        results = load.stop()
+    assert loads("success") == 2 and loads("failure") == 4
+    failures = {key: count for key, count in results.items() if key[0] != "OK"}
+    assert not failures, failures
+    versions = {version for _, version in results}
+    assert versions == {1, 5}, results
+    assert results[("OK", 5)] > 0 and results[("OK", 1)] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _metric(port: int, name: str) -> float | None:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_finishes_inflight_requests(exported, tmp_path):
+    root = tmp_path / "models"
+    publish_copy(exported["random"], root)
+    port, metrics_port = _free_port(), _free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DIGITS_METRICS_PORT": str(metrics_port)}
+    # A 3 s batching delay keeps requests in flight long enough to signal in the middle of them.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model-root", str(root), "--host", "127.0.0.1",
+         "--port", str(port), "--metrics-host", "127.0.0.1", "--max-queue-delay-us", "3000000",
+         "--max-batch-size", "1024", "--grace-seconds", "20"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        target = f"127.0.0.1:{port}"
+        _wait_for(lambda: process.poll() is None and _serving(target), timeout=120, what="the server")
+        channel = grpc.insecure_channel(target)
+        stub = digits_pb2_grpc.DigitClassifierStub(channel)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        load = Load(target, clients=2)
+        held = [
+            stub.Predict.future(digits_pb2.PredictRequest(uint8_pixels=bytes(784 * n))) for n in range(1, 9)
+        ]
+        _wait_for(
+            lambda: (_metric(metrics_port, "digits_inflight_requests") or 0) >= 8, what="in-flight requests"
+        )
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        answers = [future.result(timeout=30) for future in held]  # raises if any failed
+        assert [len(answer.digits) for answer in answers] == list(range(1, 9))
+        assert time.monotonic() - signalled < 3  # drained at once, not after the 3 s batching delay
+        assert process.wait(timeout=30) == 0
+        results = load.stop()
+        channel.close()
+        assert results[("OK", 1)] > 0
+        assert set(results) <= {("OK", 1), ("UNAVAILABLE", None)}, results
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=30)[0]
+    assert "server stopped" in output
+
+
+def _serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
