@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.config import PRESETS, ConfigError, JobConfig, load_config, set_overrides, to_yaml
+from jobs.distributed import DistributedError, Role, RoleError, resolve_role
 
 if TYPE_CHECKING:
     import keras_tuner as kt
@@ -332,7 +333,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "TUNE_PUSHGATEWAY, TUNE_<SECTION>__<FIELD>) < flags. See docs/tuning.md."
         ),
         epilog="exit codes: 0 done, 2 bad config, 3 data error, 4 fatal search error, 5 export error, "
-        "130 interrupted",
+        "6 distributed: chief unreachable or a wait timed out, 130 interrupted",
     )
     parser.add_argument("--preset", choices=PRESETS, help="starting configuration (default: default)")
     parser.add_argument("--config", help="YAML file merged over the preset")
@@ -404,6 +405,42 @@ def run(config: JobConfig, tuner_id: str | None = None) -> FinalResult:
     return result
 
 
+def run_role(config: JobConfig, role: Role) -> FinalResult | None:
+    """Chief or worker of a distributed search (docs/distributed.md); None if this process exports nothing."""
+    from jobs import distributed_run
+    from jobs.distributed import apply_role
+    from jobs.progress import SearchProgress
+    from jobs.pushmetrics import ProgressPusher
+
+    apply_role(role)  # Keras Tuner reads KERASTUNER_* when the tuner is built
+    started = time.monotonic()
+    setup_runtime(config)
+    mnist, splits = load_data(config)
+    progress = SearchProgress(config)
+    if role.kind == "worker":
+        # A worker's oracle lives on the chief: no resume accounting here, only per-epoch logging.
+        tuner = build_tuner(config, splits, role.tuner_id)
+        tuner.progress = progress
+        distributed_run.run_worker(tuner, lambda: run_search(tuner, config, splits), role, config.distributed)
+        return None
+    tuner = build_tuner(config, splits, role.tuner_id, progress)
+    return distributed_run.run_chief(
+        tuner,
+        lambda: finalize(
+            tuner,
+            config,
+            splits,
+            mnist,
+            search_seconds=time.monotonic() - started,
+            started=started,
+            progress=progress,
+        ),
+        role,
+        config.distributed,
+        ProgressPusher(config.runtime.pushgateway),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -413,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_config(args.preset, args.config, os.environ, cli_overrides(args))
-    except ConfigError as exc:
+        role = resolve_role(os.environ, config.distributed)
+    except (ConfigError, RoleError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     if args.print_config:
@@ -424,7 +462,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("preset %s, output %s", config.preset, config.output.dir)
     try:
-        result = run(config)
+        result = run_role(config, role) if role.distributed else run(config)
+    except DistributedError as exc:
+        log.error("distributed search (%s %s): %s", role.kind, role.tuner_id, exc)
+        return exc.exit_code
     except (DataError, SearchError, ExportError) as exc:
         kind = {DataError: ("data error", EXIT_DATA), SearchError: ("search failed", EXIT_SEARCH)}
         label, code = kind.get(type(exc), ("export failed", EXIT_EXPORT))
@@ -433,13 +474,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command to continue the search")
         return EXIT_INTERRUPTED
-    log.info(
-        "done: version %d at %s, test accuracy %.4f, %d trials",
-        result.version,
-        result.path,
-        result.test_accuracy,
-        result.trials,
-    )
+    if result is None:  # a worker, or a chief whose Job had already exported
+        log.info("done: %s %s", role.kind, role.tuner_id)
+    else:
+        log.info(
+            "done: version %d at %s, test accuracy %.4f, %d trials",
+            result.version,
+            result.path,
+            result.test_accuracy,
+            result.trials,
+        )
     return EXIT_OK
 
 
