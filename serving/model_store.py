@@ -129,6 +129,7 @@ class ModelStore:
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._latest: dict[str, LoadedModel] = {}
         self._failed: dict[tuple[str, int], tuple[int, int]] = {}
+        self._unloadable: frozenset[str] = frozenset()  # on disk, but no version loaded (yet)
         self._refresh_lock = threading.Lock()
 
     def get(self, name: str, version: int | None = None) -> LoadedModel:
@@ -144,7 +145,7 @@ class ModelStore:
         if name not in self._models:
             if not self._models:
                 raise ModelUnavailable("no model is loaded yet; retry shortly")
-            if (self.root / name).is_dir() and modelrepo.list_versions(self.root, name):
+            if name in self._unloadable:  # never touch the file system with a client's string
                 raise ModelUnavailable(f"model {name!r} has no loaded version yet; retry shortly")
             raise ModelNotFound(f"model {name!r} not found (serving: {', '.join(sorted(self._models))})")
         versions = ", ".join(str(v) for v in sorted(self._models[name], reverse=True))
@@ -168,7 +169,8 @@ class ModelStore:
         with self._refresh_lock:
             models = {name: dict(versions) for name, versions in self._models.items()}
             changed = False
-            for name in sorted(set(modelrepo.list_models(self.root)) | set(models)):
+            on_disk = set(modelrepo.list_models(self.root))
+            for name in sorted(on_disk | set(models)):
                 current = models.get(name, {})
                 keep = self._wanted_versions(name, current)
                 if not keep:
@@ -180,6 +182,7 @@ class ModelStore:
                         log.info("unloading %s version %d", name, version)
                     models[name] = keep
                     changed = True
+            self._unloadable = frozenset(on_disk - set(models))
             if changed:
                 self._models = models
                 self._latest = {name: found[max(found)] for name, found in models.items() if found}

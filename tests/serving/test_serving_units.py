@@ -1,0 +1,118 @@
+"""Pieces checked without a network: generated code is current, settings precedence, the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from serving.batcher import Batcher
+from serving.errors import Overloaded
+from serving.metrics import ServingMetrics
+from serving.model_store import load_version
+from serving.settings import Settings, parse_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_committed_generated_code_matches_the_proto(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "protos/generate.py"), "--out", str(tmp_path)], check=True)
+    generated = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*.py"))
+    assert generated == [Path("digits/v1/digits_pb2.py"), Path("digits/v1/digits_pb2_grpc.py")]
+    for relative in generated:
+        assert (tmp_path / relative).read_text() == (REPO / relative).read_text(), (
+            f"{relative} is stale: run python protos/generate.py"
+        )
+
+
+def test_flags_override_environment_which_overrides_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIGITS_MODEL_ROOT", str(tmp_path))
+    monkeypatch.setenv("DIGITS_PORT", "9001")
+    monkeypatch.setenv("DIGITS_MAX_BATCH_SIZE", "64")
+    settings = parse_settings(["--port", "9002", "--max-queue-delay-us", "500"])
+    assert (settings.model_root, settings.port, settings.max_batch_size) == (tmp_path, 9002, 64)
+    assert settings.max_queue_delay_us == 500 and settings.metrics_port == 8000
+
+
+def test_bad_settings_name_the_problem(tmp_path):
+    with pytest.raises(ValidationError, match="tls_cert and tls_key"):
+        Settings(model_root=tmp_path, tls_cert=tmp_path / "cert.pem")
+    with pytest.raises(ValidationError, match="max_message_bytes"):
+        Settings(model_root=tmp_path, max_message_bytes=1024 * 1024)
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        Settings(model_root=tmp_path, max_batch_size=0)
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.server", "--port", "1"],
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "model_root" in result.stderr and "Field required" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    return load_version("mnist", 1, exported["trained"])
+
+
+def _run_batcher(model, requests: list[np.ndarray], **options) -> tuple[list, ServingMetrics]:
+    metrics = ServingMetrics()
+
+    async def main():
+        batcher = Batcher(metrics, **options)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict(model, images) for images in requests))
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main()), metrics
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows(model):
+    rng = np.random.default_rng(0)
+    requests = [rng.integers(0, 256, (n, 28, 28)).astype(np.float32) for n in [1, 3, 1, 2] * 10]
+    results, metrics = _run_batcher(model, requests, max_batch_size=8)
+    for images, (probabilities, classes) in zip(requests, results, strict=True):
+        expected_probabilities, expected_classes = model.predict(images)
+        np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(classes, expected_classes)
+    calls = metrics.registry.get_sample_value("digits_batch_size_count")
+    assert calls < len(requests)  # merged
+    assert metrics.registry.get_sample_value("digits_batch_size_bucket", {"le": "8.0"}) == calls  # never > 8
+    assert metrics.registry.get_sample_value("digits_batch_size_sum") == sum(len(r) for r in requests)
+
+
+def test_queue_delay_gathers_staggered_requests_into_one_call(model):
+    metrics = ServingMetrics()
+
+    async def main():
+        batcher = Batcher(metrics, max_batch_size=64, max_queue_delay=0.3)
+        batcher.start()
+        tasks = []
+        for _ in range(3):
+            tasks.append(asyncio.create_task(batcher.predict(model, np.zeros((1, 28, 28), np.float32))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert metrics.registry.get_sample_value("digits_batch_size_count") == 1
+    assert metrics.registry.get_sample_value("digits_queue_wait_seconds_sum") > 0.3 * 3 - 0.1
+
+
+def test_full_queue_rejects_at_once(model):
+    async def main():
+        batcher = Batcher(ServingMetrics(), max_batch_size=64, max_queue_delay=0.2, max_queued_images=4)
+        batcher.start()
+        first = asyncio.create_task(batcher.predict(model, np.zeros((3, 28, 28), np.float32)))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.predict(model, np.zeros((2, 28, 28), np.float32))
+        assert len((await first)[1]) == 3
+        await batcher.close()
+
+    asyncio.run(main())
