@@ -71,11 +71,15 @@ async def run(args: argparse.Namespace) -> collections.Counter:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", required=True, help="gRPC address HOST:PORT of the service")
     parser.add_argument("--duration", type=float, default=0, help="seconds to run (0: until killed)")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent callers (default 4)")
-    parser.add_argument("--rate", type=float, default=0, help="total calls per second (0: as fast as possible)")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="total calls per second (0: as fast as possible)"
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch per Predict (default 8)")
     parser.add_argument("--invalid-every", type=int, default=25, help="every Nth call malformed (0: never)")
     parser.add_argument("--metadata-every", type=int, default=50, help="every Nth call GetModelMetadata")
@@ -90,8 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    log.info("load on %s: %d callers, rate %s/s, duration %s s", args.target, args.concurrency,
-             args.rate or "max", args.duration or "unlimited")
+    log.info(
+        "load on %s: %d callers, rate %s/s, duration %s s",
+        args.target,
+        args.concurrency,
+        args.rate or "max",
+        args.duration or "unlimited",
+    )
     try:
         counts = asyncio.run(run(args))
     except TimeoutError:

@@ -129,15 +129,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     processes: list[Process] = []
     try:
         server = Process(
-            [sys.executable, "-m", "serving.server", "--model-root", str(tmp / "models"), "--host",
-             "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-             "--poll-interval-seconds", "0.5"],
+            [
+                sys.executable,
+                "-m",
+                "serving.server",
+                "--model-root",
+                str(tmp / "models"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                "0",
+                "--poll-interval-seconds",
+                "0.5",
+            ],
             tmp / "server.log",
         )
         processes.append(server)
         ports = wait_for(
-            lambda: re.search(r"gRPC on \S+?:(\d+) .*metrics on \S+?:(\d+)/metrics", server.output())
-            or (server.proc.poll() is not None and pytest.fail(f"server exited:\n{server.output()}")),
+            lambda: (
+                re.search(r"gRPC on \S+?:(\d+) .*metrics on \S+?:(\d+)/metrics", server.output())
+                or (server.proc.poll() is not None and pytest.fail(f"server exited:\n{server.output()}"))
+            ),
             90,
             "the server's listening log line",
         )
@@ -145,8 +161,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             wait_for(
-                lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-                == health_pb2.HealthCheckResponse.SERVING,
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ),
                 90,
                 "health SERVING",
             )
@@ -156,8 +174,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gateway_port}"], tmp / "pgw.log"
         )
         processes.append(gateway)
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/-/ready", timeout=2), 30,
-                 "the Pushgateway")
+        wait_for(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/-/ready", timeout=2),
+            30,
+            "the Pushgateway",
+        )
         from jobs.pushmetrics import ProgressPusher, Snapshot
 
         pusher = ProgressPusher(f"127.0.0.1:{gateway_port}")
@@ -169,15 +190,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "rule_files": [str(RULES)],
             "scrape_configs": [
                 {"job_name": "digits-serve", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]},
-                {"job_name": "pushgateway", "honor_labels": True,
-                 "static_configs": [{"targets": [f"127.0.0.1:{gateway_port}"]}]},
+                {
+                    "job_name": "pushgateway",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{gateway_port}"]}],
+                },
             ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         prom_port = free_port()
         prometheus = Process(
-            ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            [
+                "prometheus",
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
             tmp / "prometheus.log",
         )
         processes.append(prometheus)
@@ -185,8 +213,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         wait_for(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2), 60, "Prometheus ready")
 
         load = Process(
-            [sys.executable, str(REPO / "scripts" / "loadgen.py"), "--target", f"127.0.0.1:{grpc_port}",
-             "--duration", "90", "--concurrency", "8", "--invalid-every", "10", "--metadata-every", "7"],
+            [
+                sys.executable,
+                str(REPO / "scripts" / "loadgen.py"),
+                "--target",
+                f"127.0.0.1:{grpc_port}",
+                "--duration",
+                "90",
+                "--concurrency",
+                "8",
+                "--invalid-every",
+                "10",
+                "--metadata-every",
+                "7",
+            ],
             tmp / "loadgen.log",
         )
         processes.append(load)
@@ -222,7 +262,8 @@ def test_every_panel_query_returns_data(stack: dict) -> None:
         wait_for(all_answered, 75, "every panel query to return data", interval=2)
     except AssertionError:
         pytest.fail(
-            "panels without data:\n" + "\n".join(f"  {name}: {expr}" for name, expr in pending.items())
+            "panels without data:\n"
+            + "\n".join(f"  {name}: {expr}" for name, expr in pending.items())
             + f"\nloadgen:\n{stack['load'].output()[-2000:]}"
         )
     # The numbers mean what the panels say: a model is loaded, traffic flows, errors are the malformed ones.
@@ -239,10 +280,16 @@ def test_alert_rules_load_and_evaluate(stack: dict) -> None:
     def evaluated() -> list[dict] | None:
         groups = http_json(f"{base}/api/v1/rules")["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        return rules if rules and all(rule.get("lastEvaluation", "").startswith("20") for rule in rules) else None
+        return (
+            rules
+            if rules and all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
+            else None
+        )
 
     rules = wait_for(evaluated, 30, "every rule to be evaluated")
-    expected = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+    expected = {
+        rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+    }
     assert {rule["name"] for rule in rules} == expected
     broken = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
     assert not broken, broken
