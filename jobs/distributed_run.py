@@ -228,6 +228,11 @@ def _accept_result(oracle: Any, trial: Any, leases: _Leases) -> None:
         oracle._retry_queue.remove(trial.trial_id)
     oracle.end_trial(trial)
     leases.last_seen.pop(trial.trial_id, None)
+    ended = oracle.trials[trial.trial_id]
+    finished = sum(_finished(t) for t in oracle.trials.values())
+    log.info(
+        "trial %s %s, score %s (%d trials finished)", ended.trial_id, ended.status, ended.score, finished
+    )
 
 
 @keras_tuner.synchronized
@@ -312,6 +317,10 @@ class ChiefServer:
     def __init__(
         self, oracle: Any, role: Role, settings: DistributedConfig, pusher: ProgressPusher | None = None
     ) -> None:
+        # Keras Tuner's console display keeps per-trial start times that a restarted chief may not have
+        # reloaded (they are saved only after the trial was handed out): ending such a trial would
+        # raise KeyError in the display. The chief logs trial results itself instead.
+        oracle.verbose = 0
         self.oracle = oracle
         self.role = role
         self.settings = settings

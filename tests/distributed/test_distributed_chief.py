@@ -1,0 +1,222 @@
+"""The chief's oracle server and the worker's client in one process, over real gRPC on loopback.
+
+Workers are Keras Tuner ``BaseTuner``s in worker mode; the tests drive their oracle calls by hand to
+reach each failure path (silent worker, restarted worker, chief restart, no chief) in about a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import keras_tuner as kt
+import pytest
+from keras_tuner.src.distribute import oracle_client
+
+from jobs.distributed import DistributedConfig, DistributedError, Role, read_done_marker, write_done_marker
+from jobs.distributed_run import ChiefServer, ChiefUnreachableError, WorkerOracle, run_chief, run_worker
+
+FAST = DistributedConfig(
+    heartbeat_seconds=0.2,
+    lease_timeout_seconds=1.0,
+    poll_seconds=0.05,
+    idle_timeout_seconds=30,
+    rpc_timeout_seconds=5,
+    connect_timeout_seconds=5,
+    shutdown_grace_seconds=1,
+)
+
+
+def build(hp: kt.HyperParameters) -> None:
+    hp.Int("x", 0, 10_000)
+
+
+def make_tuner(
+    directory: Path, tuner_id: str, port: int, monkeypatch: pytest.MonkeyPatch, trials: int
+) -> Any:
+    """A Keras Tuner BaseTuner in the given role (Keras Tuner reads the role from the environment)."""
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", tuner_id)
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"), max_trials=trials, seed=1)
+    return kt.engine.base_tuner.BaseTuner(
+        oracle=oracle, hypermodel=build, directory=str(directory), project_name="p"
+    )
+
+
+class Cluster:
+    """A chief serving in a background thread plus worker clients made on demand."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trials: int, settings=FAST, port=0):
+        self.tmp_path, self.monkeypatch, self.trials, self.settings = tmp_path, monkeypatch, trials, settings
+        self.chief_tuner = make_tuner(tmp_path, "chief", port, monkeypatch, trials)
+        self.chief_tuner.save()
+        self.server = ChiefServer(
+            self.chief_tuner.oracle, Role("chief", "chief", "127.0.0.1", port), settings
+        )
+        self.port = self.server.start()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.server.wait_until_done()
+        except BaseException as exc:
+            self.error = exc
+
+    def worker(self, tuner_id: str) -> WorkerOracle:
+        tuner = make_tuner(self.tmp_path, tuner_id, self.port, self.monkeypatch, self.trials)
+        return WorkerOracle(tuner.oracle, self.settings)
+
+    def finish(self, timeout: float = 10) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the chief did not finish"
+        self.server.stop()
+
+    @property
+    def oracle(self) -> Any:
+        return self.chief_tuner.oracle
+
+
+def complete(worker: WorkerOracle, trial: Any, score: float = 0.5) -> None:
+    worker.update_trial(trial.trial_id, {"score": score}, step=0)
+    trial.status = "COMPLETED"
+    worker.end_trial(trial)
+
+
+@pytest.fixture(autouse=True)
+def short_rpc_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(oracle_client, "TIMEOUT", FAST.rpc_timeout_seconds)
+
+
+def test_silent_workers_trial_is_handed_to_another_worker(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=2)
+    lost = cluster.worker("tuner1")
+    trial = lost.create_trial("tuner1")
+    lost._stop_heartbeat()  # the worker process "dies": no more heartbeats
+    time.sleep(FAST.lease_timeout_seconds + 0.5)
+    other = cluster.worker("tuner2")
+    again = other.create_trial("tuner2")
+    assert again.trial_id == trial.trial_id  # the lost trial comes first
+    complete(other, again)
+    complete(other, other.create_trial("tuner2"))
+    assert other.create_trial("tuner2").status == "STOPPED"
+    cluster.finish()
+    statuses = sorted(t.status for t in cluster.oracle.trials.values())
+    assert statuses == ["COMPLETED", "COMPLETED"]
+
+
+def test_heartbeats_keep_a_long_trial_with_its_worker(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=2)
+    busy = cluster.worker("tuner1")
+    trial = busy.create_trial("tuner1")
+    time.sleep(FAST.lease_timeout_seconds * 2.5)
+    other = cluster.worker("tuner2")
+    assert other.create_trial("tuner2").trial_id != trial.trial_id
+    assert cluster.oracle.ongoing_trials["tuner1"].trial_id == trial.trial_id
+    busy._stop_heartbeat()
+    cluster.server.stop(drain=False)
+
+
+def test_restarted_worker_gets_its_trial_back_and_the_losses_are_bounded(tmp_path, monkeypatch) -> None:
+    settings = FAST.model_copy(update={"max_trial_losses": 1, "lease_timeout_seconds": 60})
+    cluster = Cluster(tmp_path, monkeypatch, trials=2, settings=settings)
+    first = cluster.worker("tuner1").create_trial("tuner1")
+    restarted = cluster.worker("tuner1")  # same id: the Job's replacement pod for this index
+    second = restarted.create_trial("tuner1")
+    assert second.trial_id == first.trial_id  # handed out again (loss 1 of 1)
+    third = cluster.worker("tuner1").create_trial("tuner1")  # lost again: over budget
+    assert third.trial_id != first.trial_id
+    assert cluster.oracle.trials[first.trial_id].status == "FAILED"
+    assert "lost its worker 2 times" in cluster.oracle.trials[first.trial_id].message
+    worker = cluster.worker("tuner2")
+    cluster.server.stop(drain=False)
+    del worker
+
+
+def test_a_waiting_worker_hears_idle_until_every_trial_has_finished(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=2)
+    slow, fast = cluster.worker("tuner1"), cluster.worker("tuner2")
+    slow_trial = slow.create_trial("tuner1")
+    complete(fast, fast.create_trial("tuner2"))
+    # Keras Tuner would answer STOPPED here; the worker must stay in case slow_trial loses its worker.
+    assert fast.create_trial("tuner2").status == "IDLE"
+    assert not cluster.server.done()
+    complete(slow, slow_trial)
+    assert fast.create_trial("tuner2").status == "STOPPED"
+    assert slow.create_trial("tuner1").status == "STOPPED"
+    cluster.finish()
+    assert cluster.error is None
+    assert cluster.oracle.tuner_ids == set()  # both workers were told to stop
+
+
+def test_chief_without_workers_gives_up_after_the_idle_timeout(tmp_path, monkeypatch) -> None:
+    settings = FAST.model_copy(update={"idle_timeout_seconds": 0.5})
+    cluster = Cluster(tmp_path, monkeypatch, trials=2, settings=settings)
+    cluster.thread.join(5)
+    cluster.server.stop(drain=False)
+    assert isinstance(cluster.error, DistributedError)
+    assert "no worker asked" in str(cluster.error)
+
+
+def test_worker_fails_fast_without_a_chief_unless_the_search_is_done(tmp_path, monkeypatch) -> None:
+    settings = FAST.model_copy(update={"connect_timeout_seconds": 0.5, "run_id": "job-1"})
+    role = Role("worker", "tuner1", "127.0.0.1", 1)  # nothing listens on port 1
+    tuner = make_tuner(tmp_path, "tuner1", 1, monkeypatch, trials=2)
+    started = time.monotonic()
+    with pytest.raises(DistributedError, match="not reachable"):
+        run_worker(tuner, lambda: None, role, settings)
+    assert time.monotonic() - started < 5
+    write_done_marker(tuner.project_dir, "job-1", finalized=True)
+    assert run_worker(tuner, lambda: None, role, settings) == 0
+
+
+def test_a_lost_chief_mid_search_is_a_fatal_keras_tuner_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(oracle_client, "TIMEOUT", 0.5)
+    cluster = Cluster(tmp_path, monkeypatch, trials=2)
+    worker = cluster.worker("tuner1")
+    trial = worker.create_trial("tuner1")
+    cluster.server.stop(drain=False)
+    with pytest.raises(ChiefUnreachableError) as caught:
+        worker.update_trial(trial.trial_id, {"score": 1.0})
+    assert isinstance(caught.value, kt.errors.FatalError)  # Keras Tuner re-raises it: no failed trial
+
+
+def test_restarted_chief_keeps_running_trials_and_exports_once(tmp_path, monkeypatch) -> None:
+    settings = FAST.model_copy(update={"run_id": "job-7", "lease_timeout_seconds": 60})
+    first = Cluster(tmp_path, monkeypatch, trials=3, settings=settings)
+    worker = first.worker("tuner1")
+    done = first.worker("tuner2")
+    complete(done, done.create_trial("tuner2"))
+    running = worker.create_trial("tuner1")
+    first.server.stop(drain=False)  # the chief dies while tuner1 trains
+
+    port = first.port
+    restarted = make_tuner(tmp_path, "chief", port, monkeypatch, trials=3)  # reloads from the volume
+    exports: list[str] = []
+    result: list[Any] = []
+    role = Role("chief", "chief", "127.0.0.1", port)
+
+    def chief() -> None:
+        result.append(run_chief(restarted, lambda: exports.append("v1") or "v1", role, settings))
+
+    thread = threading.Thread(target=chief, daemon=True)
+    thread.start()
+    complete(worker, running)  # the surviving worker reports to the new chief
+    assert restarted.oracle.trials[running.trial_id].status == "COMPLETED"
+    last = worker.create_trial("tuner1")
+    assert last.trial_id not in (running.trial_id,)  # not re-run: it stayed with its worker
+    complete(worker, last)
+    assert worker.create_trial("tuner1").status == "STOPPED"
+    thread.join(15)
+    assert not thread.is_alive()
+    assert result == ["v1"] and exports == ["v1"]
+    assert sorted(t.status for t in restarted.oracle.trials.values()) == ["COMPLETED"] * 3
+    assert read_done_marker(restarted.project_dir)["finalized"] is True
+    # The same Job's chief started again after the export: nothing more to do, no second version.
+    again = make_tuner(tmp_path, "chief", port, monkeypatch, trials=3)
+    assert run_chief(again, lambda: exports.append("v2"), role, settings) is None
+    assert exports == ["v1"]
