@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import logging
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ def load_npz(path: Path) -> Mnist:
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zlib.error) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
     for key in ("x_train", "x_test"):
         array = arrays[key]

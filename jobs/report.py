@@ -156,10 +156,12 @@ def write_report(
     trial_history: dict[str, list[float]] | None,
     final_history: dict[str, list[float]] | None,
     title: str,
+    tensorboard: bool = True,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     plot_learning_curves(directory / LEARNING_CURVES, trial_history, final_history, title)
     plot_search(directory / SEARCH_CHART, trials, objective)
     write_trials_table(directory, trials)
-    write_hparams_config(directory / TENSORBOARD_DIR, trials)
+    if tensorboard:
+        write_hparams_config(directory / TENSORBOARD_DIR, trials)
     log.info("report written to %s", directory)

@@ -56,6 +56,7 @@ class FinalResult:
     val_accuracy: float | None
     hyperparameters: dict[str, Any]
     trials: int
+    model: Any = None  # the exported keras.Model, in memory
 
 
 def output_paths(config: JobConfig) -> dict[str, Path]:
@@ -298,6 +299,7 @@ def finalize(
         final_history=chosen["history"] if config.final.mode == "retrain" else None,
         title=f"{config.preset}: trial {chosen['best_trial']}, final {config.final.mode}, "
         f"test accuracy {accuracy:.4f}",
+        tensorboard=config.runtime.tensorboard,
     )
     metadata = modelrepo.ModelMetadata(
         model_name=config.output.model_name,
@@ -319,7 +321,9 @@ def finalize(
         version, path = export_model(chosen["model"], paths["models"], metadata)
     except Exception as exc:  # any failure here means "no new version"; publish() cleaned up
         raise ExportError(f"export to {paths['models']} failed: {exc}") from exc
-    return FinalResult(version, path, accuracy, chosen["val_accuracy"], chosen["values"], len(trials))
+    return FinalResult(
+        version, path, accuracy, chosen["val_accuracy"], chosen["values"], len(trials), chosen["model"]
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
