@@ -428,21 +428,18 @@ def run_role(config: JobConfig, role: Role) -> FinalResult | None:
         distributed_run.run_worker(tuner, lambda: run_search(tuner, config, splits), role, config.distributed)
         return None
     tuner = build_tuner(config, splits, role.tuner_id, progress)
-    return distributed_run.run_chief(
-        tuner,
-        lambda: finalize(
-            tuner,
-            config,
-            splits,
-            mnist,
-            search_seconds=time.monotonic() - started,
-            started=started,
-            progress=progress,
-        ),
-        role,
-        config.distributed,
-        ProgressPusher(config.runtime.pushgateway),
-    )
+
+    def final() -> FinalResult:
+        search_seconds = time.monotonic() - started
+        return finalize(
+            tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
+        )
+
+    pusher = ProgressPusher(config.runtime.pushgateway)
+    try:
+        return distributed_run.run_chief(tuner, final, role, config.distributed, pusher)
+    except RuntimeError as exc:  # Keras Tuner's "consecutive failures exceeded the limit", on the chief
+        raise SearchError(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
