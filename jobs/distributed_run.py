@@ -42,7 +42,15 @@ BEST_METRIC = "val_accuracy"
 
 
 class ChiefUnreachableError(DistributedError, keras_tuner.errors.FatalError):
-    """An oracle call failed. A ``FatalError``: Keras Tuner re-raises it instead of failing the trial."""
+    """No answer to an oracle call; a ``FatalError``, so Keras Tuner re-raises it, not failing a trial."""
+
+
+class ChiefError(keras_tuner.errors.FatalError):
+    """The chief answered an oracle call with an error (its search failed): not worth a retry (exit 4)."""
+
+
+# gRPC codes that mean "no chief to talk to" (retry the pod) rather than "the chief failed the call".
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 # --- worker ---------------------------------------------------------------------------------------------
@@ -82,7 +90,10 @@ class WorkerOracle:
             return getattr(self._client, name)(*args, **kwargs)
         except grpc.RpcError as exc:
             self._stop_heartbeat()
-            raise ChiefUnreachableError(f"oracle call {name} failed: {exc.code()} {exc.details()}") from exc
+            message = f"oracle call {name} failed: {exc.code()} {exc.details()}"
+            if exc.code() in _UNREACHABLE:
+                raise ChiefUnreachableError(message) from exc
+            raise ChiefError(message) from exc
 
     def create_trial(self, tuner_id: str) -> Any:
         trial = self._call("create_trial", tuner_id)

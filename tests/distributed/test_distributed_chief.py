@@ -16,7 +16,14 @@ import pytest
 from keras_tuner.src.distribute import oracle_client
 
 from jobs.distributed import DistributedConfig, DistributedError, Role, read_done_marker, write_done_marker
-from jobs.distributed_run import ChiefServer, ChiefUnreachableError, WorkerOracle, run_chief, run_worker
+from jobs.distributed_run import (
+    ChiefError,
+    ChiefServer,
+    ChiefUnreachableError,
+    WorkerOracle,
+    run_chief,
+    run_worker,
+)
 
 FAST = DistributedConfig(
     heartbeat_seconds=0.2,
@@ -220,3 +227,20 @@ def test_restarted_chief_keeps_running_trials_and_exports_once(tmp_path, monkeyp
     again = make_tuner(tmp_path, "chief", port, monkeypatch, trials=3)
     assert run_chief(again, lambda: exports.append("v2"), role, settings) is None
     assert exports == ["v1"]
+
+
+def test_a_search_that_fails_on_the_chief_is_not_mistaken_for_a_lost_chief(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=5)
+    worker = cluster.worker("tuner1")
+    for attempt in range(3):  # Keras Tuner's default limit of consecutive failed trials
+        trial = worker.create_trial("tuner1")
+        trial.status = "FAILED"
+        if attempt < 2:
+            worker.end_trial(trial)
+    with pytest.raises(ChiefError) as caught:
+        worker.end_trial(trial)
+    assert not isinstance(caught.value, DistributedError)  # exit 4 (search failed), not 6 (retry)
+    cluster.thread.join(5)
+    cluster.server.stop(drain=False)
+    assert isinstance(cluster.error, RuntimeError)
+    assert "consecutive failures" in str(cluster.error)
