@@ -24,6 +24,7 @@ from jobs.distributed_run import (
     run_chief,
     run_worker,
 )
+from jobs.pushmetrics import Snapshot, snapshot
 
 FAST = DistributedConfig(
     heartbeat_seconds=0.2,
@@ -114,6 +115,7 @@ def test_silent_workers_trial_is_handed_to_another_worker(tmp_path, monkeypatch)
     cluster.finish()
     statuses = sorted(t.status for t in cluster.oracle.trials.values())
     assert statuses == ["COMPLETED", "COMPLETED"]
+    assert snapshot(cluster.oracle, "score") == Snapshot(completed=2, failed=0, best=0.5)
 
 
 def test_heartbeats_keep_a_long_trial_with_its_worker(tmp_path, monkeypatch) -> None:
