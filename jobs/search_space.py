@@ -82,6 +82,7 @@ class MlpHyperModel(kt.HyperModel):
         self.space = space
         self.train_size = train_size
         self.epochs = epochs
+        self.verbose = 0  # Keras' progress bar (1) on a terminal; the job sets it
 
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
         """Declare every hyperparameter and return the values of this trial."""
@@ -109,6 +110,7 @@ class MlpHyperModel(kt.HyperModel):
         return build_mlp(values, steps, self.trial_epochs(hp))
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, x: Any, y: Any, **kwargs: Any) -> Any:
+        kwargs["verbose"] = self.verbose  # the tuner's own verbose drives its summary display only
         validation = kwargs.pop("validation_data", None)
         if validation is not None:
             validation = (validation[0], one_hot(validation[1]))

@@ -146,6 +146,7 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
     from jobs.progress import interactive
 
     x, y = splits.subset(config.search.train_subset)
+    tuner.hypermodel.verbose = 1 if interactive() else 0
     callbacks: list[keras.callbacks.Callback] = []
     if config.search.early_stopping_patience:
         callbacks.append(
@@ -170,7 +171,9 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
             validation_data=(splits.x_val, splits.y_val),
             epochs=config.search.epochs,
             callbacks=callbacks,
-            verbose=1 if interactive() else 0,
+            # Keras Tuner's own display is off (it prints, and loses its state on a resume): our log
+            # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
+            verbose=0,
         )
     except kt.errors.FatalError as exc:
         raise SearchError(f"fatal error in the search: {exc}") from exc
@@ -242,7 +245,9 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
             batch_size=batch_size,
             epochs=epochs,
             callbacks=callbacks,
-            verbose=1 if interactive() else 0,
+            # Keras Tuner's own display is off (it prints, and loses its state on a resume): our log
+            # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
+            verbose=0,
         )
         history = {
             key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"

@@ -1,0 +1,191 @@
+"""Benchmark of the tuning job on the official MNIST: presets side by side, and the harness overhead.
+
+    .venv/bin/python bench/tune_bench.py --data-dir ../shared/datasets/mnist            # seed and default
+    .venv/bin/python bench/tune_bench.py --data-dir ../shared/datasets/mnist --smoke    # a quick start check
+
+Per preset (each a fresh ``python -m jobs.tune`` process, so import time counts as it does for a user):
+wall time, trials, best validation accuracy, test accuracy of the exported model. Then the harness
+overhead: one fixed configuration trained for the same epochs by the job's search (Keras Tuner, per-epoch
+checkpoints, TensorBoard, history files) and by a plain ``model.fit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import modelrepo  # noqa: E402
+
+log = logging.getLogger("bench.tune")
+
+# A fixed MLP for the overhead comparison (every hyperparameter fixed: a one-trial "search").
+FIXED_SPACE = {
+    "num_layers": 2,
+    "units": 512,
+    "dropout": 0.2,
+    "learning_rate": 1e-3,
+    "batch_size": 128,
+    "lr_schedule": "constant",
+    "translate_pixels": 0,
+    "label_smoothing": 0.0,
+}
+
+
+def run_preset(preset: str, data_dir: str, output: Path) -> dict:
+    """One job process on ``preset``; its wall time and what it exported."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.tune",
+            "--preset",
+            preset,
+            "--data-dir",
+            data_dir,
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-5000:])
+        raise SystemExit(f"preset {preset} failed with exit code {result.returncode}")
+    version = modelrepo.list_versions(output / "models", "mnist")[-1]
+    metadata = modelrepo.read_metadata(output / "models" / "mnist" / str(version))
+    scored = [t.val_accuracy for t in metadata.trials if t.val_accuracy is not None]
+    return {
+        "preset": preset,
+        "wall_seconds": wall,
+        "search_seconds": metadata.search_seconds,
+        "trials": len(metadata.trials),
+        "best_val_accuracy": max(scored) if scored else None,
+        "test_accuracy": metadata.test_accuracy,
+        "final_model": metadata.final_model,
+    }
+
+
+def overhead(data_dir: str, epochs: int, output: Path) -> dict:
+    """Seconds for ``epochs`` of one fixed MLP: the job's search step vs a plain ``model.fit``."""
+    import keras
+    import numpy as np
+
+    from jobs import config as cfg
+    from jobs import tune
+
+    overrides = {
+        "tuner": {"kind": "random", "max_trials": 1},
+        "search": {"epochs": epochs, "early_stopping_patience": None, "train_subset": None},
+        "space": FIXED_SPACE,
+        "data": {"dir": data_dir},
+        "final": {"mode": "best_trial"},
+        "output": {"dir": str(output)},
+    }
+    config = cfg.validate(cfg.deep_merge(cfg.preset_dict("seed"), overrides))
+    tune.setup_runtime(config)
+    _, splits = tune.load_data(config)
+
+    # Plain Keras: the same layers, sparse labels, nothing around fit().
+    keras.utils.set_random_seed(config.seed)
+    inputs = keras.Input((28, 28))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    for _ in range(FIXED_SPACE["num_layers"]):
+        x = keras.layers.Dropout(FIXED_SPACE["dropout"])(keras.layers.Dense(FIXED_SPACE["units"], "relu")(x))
+    plain = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    plain.compile(
+        optimizer=keras.optimizers.Adam(FIXED_SPACE["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    started = time.monotonic()
+    history = plain.fit(
+        splits.x_train,
+        splits.y_train,
+        batch_size=FIXED_SPACE["batch_size"],
+        epochs=epochs,
+        validation_data=(splits.x_val, splits.y_val),
+        verbose=0,
+    )
+    plain_seconds = time.monotonic() - started
+
+    tuner = tune.build_tuner(config, splits)
+    job_seconds = tune.run_search(tuner, config, splits)
+    trial = tuner.oracle.get_best_trials(1)[0]
+    return {
+        "epochs": epochs,
+        "plain_fit_seconds": plain_seconds,
+        "job_search_seconds": job_seconds,
+        "overhead_percent": 100.0 * (job_seconds - plain_seconds) / plain_seconds,
+        "plain_val_accuracy": float(np.max(history.history["val_accuracy"])),
+        "job_val_accuracy": float(trial.score),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR"), help="official MNIST files")
+    parser.add_argument(
+        "--presets", default="seed,default", help="comma-separated presets (default seed,default)"
+    )
+    parser.add_argument("--overhead-epochs", type=int, default=10, help="epochs of the overhead comparison")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--smoke", action="store_true", help="quick check: preset smoke, 1-epoch overhead run"
+    )
+    parser.add_argument("--output", help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.data_dir:
+        parser.error("--data-dir (or MNIST_DATA_DIR) is required")
+    presets = ["smoke"] if args.smoke else [p.strip() for p in args.presets.split(",") if p.strip()]
+    epochs = 1 if args.smoke else args.overhead_epochs
+    root = Path(args.output or tempfile.mkdtemp(prefix="tune-bench-"))
+    figures: dict = {"presets": [], "overhead": None, "cpu_count": os.cpu_count()}
+
+    print(f"{'preset':<8} {'wall s':>8} {'search s':>9} {'trials':>6} {'best val':>9} {'test acc':>9}  final")
+    for preset in presets:
+        row = run_preset(preset, args.data_dir, root / preset)
+        figures["presets"].append(row)
+        print(
+            f"{row['preset']:<8} {row['wall_seconds']:>8.1f} {row['search_seconds']:>9.1f} "
+            f"{row['trials']:>6d} {row['best_val_accuracy']:>9.4f} {row['test_accuracy']:>9.4f}  "
+            f"{row['final_model']}",
+            flush=True,
+        )
+    if not args.skip_overhead:
+        result = overhead(args.data_dir, epochs, root / "overhead")
+        figures["overhead"] = result
+        print(
+            f"\nharness overhead, one fixed 2x512 MLP, {result['epochs']} epochs on the training split: "
+            f"plain model.fit {result['plain_fit_seconds']:.1f}s, "
+            f"job search {result['job_search_seconds']:.1f}s "
+            f"-> {result['overhead_percent']:+.1f}% (val accuracy {result['plain_val_accuracy']:.4f} vs "
+            f"{result['job_val_accuracy']:.4f})"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    print(f"\nruns under {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
