@@ -1,7 +1,5 @@
-"""Distributed tuning: pick the role (chief, worker, standalone) and run it with bounded waits.
-
-Keras Tuner's chief/worker mode (a gRPC oracle on the chief, workers that run trials, a shared tuner
-directory) with its known failure modes closed: see docs/distributed.md for the behaviour and exit codes.
+"""Distributed tuning without heavy imports: the config section, the role (chief, worker, standalone), the
+done marker on the shared volume. The chief and worker themselves are in :mod:`jobs.distributed_run`.
 """
 
 from __future__ import annotations
@@ -13,9 +11,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +25,6 @@ INDEX_ENV = "JOB_COMPLETION_INDEX"
 CHIEF_ID = "chief"
 DONE_MARKER = "search_done.json"
 ORACLE_STATE_FILE = "oracle.json"  # Keras Tuner's oracle state in the project directory
-
-T = TypeVar("T")
 
 
 class DistributedConfig(BaseModel):
@@ -48,6 +44,16 @@ class DistributedConfig(BaseModel):
     idle_timeout_seconds: float = Field(default=1800.0, gt=0)  # chief: no worker asked for work -> exit 6
     poll_seconds: float = Field(default=1.0, gt=0)  # worker's pause after IDLE; chief's check interval
     shutdown_grace_seconds: float = Field(default=15.0, ge=0)  # chief answers STOPPED this long at the end
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> DistributedConfig:
+        # One late heartbeat must not cost a live worker its trial.
+        if self.heartbeat_seconds * 2 > self.lease_timeout_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be at most half of "
+                f"lease_timeout_seconds ({self.lease_timeout_seconds:g})"
+            )
+        return self
 
 
 class DistributedError(Exception):

@@ -132,6 +132,8 @@ def test_distributed_section_comes_from_the_environment() -> None:
     assert config.distributed.lease_timeout_seconds == 30
     with pytest.raises(ConfigError, match="distributed.rpc_timeout_seconds"):
         load_config("smoke", environ={"TUNE_DISTRIBUTED__RPC_TIMEOUT_SECONDS": "0"})
+    with pytest.raises(ConfigError, match="heartbeat_seconds .* at most half of lease_timeout_seconds"):
+        load_config("smoke", environ={"TUNE_DISTRIBUTED__HEARTBEAT_SECONDS": "100"})
 
 
 def test_done_marker_is_scoped_to_the_run(tmp_path) -> None:
