@@ -1,8 +1,8 @@
 """Dynamic batching: requests queued at the same time are merged into one model call.
 
-A batch runs as soon as a batch thread is free (so a lone request waits for nothing), unless
-``max_queue_delay`` is set: then a partial batch waits up to that long, from its oldest request, for
-more images. While a model call runs, new requests queue up and form the next batch. The queue is
+A batch runs as soon as the model is free, so a lone request waits for nothing and, under load,
+requests that arrive while a call runs form the next batch. With ``max_queue_delay`` set, a partial
+batch also waits up to that long (from its oldest request) for more images, as in TF Serving. The queue is
 bounded in images; a request that would overflow it gets RESOURCE_EXHAUSTED at once.
 """
 
@@ -50,9 +50,10 @@ class Batcher:
         self._threads = threads
         self._queue: deque[_Item] = deque()
         self._queued_images = 0
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model")
+        # threads=0: call the model on the event loop's own thread (no hand-off, no GIL ping-pong)
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model") if threads else None
         self._wakeup: asyncio.Event | None = None
-        self._free = asyncio.Semaphore(threads)
+        self._free = asyncio.Semaphore(max(threads, 1))
         self._task: asyncio.Task | None = None
         self._closing = False
         self._draining = False
@@ -92,7 +93,8 @@ class Batcher:
             await self._task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def _loop(self) -> None:
         while True:
@@ -105,13 +107,27 @@ class Batcher:
             await self._free.acquire()
             if self._delay > 0 and not self._draining:
                 await self._wait_for_batch()
+            elif self._executor is None:
+                await self._gather_ready()
             items = self._take_batch()
-            if self._threads == 1:  # one call at a time: run it here and save a task per batch
+            if self._threads <= 1:  # one call at a time: run it here and save a task per batch
                 await self._run(items)
                 continue
             task = asyncio.get_running_loop().create_task(self._run(items))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    async def _gather_ready(self) -> None:
+        """Let handlers that are already runnable enqueue first, so one model call serves them all.
+
+        Costs a loop iteration or two; without it, the model (run on this thread) would take
+        batches of one while other decoded requests wait behind it.
+        """
+        for _ in range(8):
+            before = len(self._queue)
+            await asyncio.sleep(0)
+            if len(self._queue) == before or self._queued_images >= self._max_batch:
+                return
 
     async def _wait_for_batch(self) -> None:
         deadline = self._queue[0].enqueued + self._delay
@@ -152,11 +168,14 @@ class Batcher:
             started = time.perf_counter()
             for item in live:
                 self._metrics.queue_wait.observe(started - item.enqueued)
-            loop = asyncio.get_running_loop()
+            parts = [item.images for item in live]
             try:
-                probabilities, classes, seconds = await loop.run_in_executor(
-                    self._executor, _call_model, live[0].model, [item.images for item in live]
-                )
+                if self._executor is None:
+                    probabilities, classes, seconds = _call_model(live[0].model, parts)
+                else:
+                    probabilities, classes, seconds = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, _call_model, live[0].model, parts
+                    )
             except Exception as exc:
                 log.exception("model call failed for a batch of %d requests", len(live))
                 for item in live:

@@ -47,7 +47,12 @@ class Settings(BaseSettings):
         default=8192, ge=1, description="images waiting for the model before RESOURCE_EXHAUSTED"
     )
     max_images_per_request: int = Field(default=1024, ge=1, description="largest batch in one request")
-    batch_threads: int = Field(default=1, ge=1, description="model calls that may run at the same time")
+    batch_threads: int = Field(
+        default=1,
+        ge=0,
+        description="model calls that may run at the same time, each on its own thread "
+        "(0: on the event loop thread)",
+    )
     max_message_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="largest gRPC request or response message"
     )

@@ -72,10 +72,11 @@ def _run_batcher(model, requests: list[np.ndarray], **options) -> tuple[list, Se
     return asyncio.run(main()), metrics
 
 
-def test_concurrent_requests_share_model_calls_and_get_their_own_rows(model):
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows(model, threads):
     rng = np.random.default_rng(0)
     requests = [rng.integers(0, 256, (n, 28, 28)).astype(np.float32) for n in [1, 3, 1, 2] * 10]
-    results, metrics = _run_batcher(model, requests, max_batch_size=8)
+    results, metrics = _run_batcher(model, requests, max_batch_size=8, threads=threads)
     for images, (probabilities, classes) in zip(requests, results, strict=True):
         expected_probabilities, expected_classes = model.predict(images)
         np.testing.assert_allclose(probabilities, expected_probabilities, rtol=1e-5, atol=1e-6)
