@@ -171,7 +171,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
         gateway_port = free_port()
         gateway = Process(
-            ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gateway_port}"], tmp / "pgw.log"
+            [
+                "prometheus-pushgateway",
+                f"--web.listen-address=127.0.0.1:{gateway_port}",
+                "--persistence.file=",  # Debian's default file would bring back metrics of earlier runs
+            ],
+            tmp / "pgw.log",
         )
         processes.append(gateway)
         wait_for(
@@ -230,7 +235,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             tmp / "loadgen.log",
         )
         processes.append(load)
-        yield {"prometheus": base, "load": load, "server": server}
+        yield {"prometheus": base, "load": load, "server": server, "grpc_port": grpc_port}
     finally:
         for process in reversed(processes):
             process.stop()
@@ -296,3 +301,18 @@ def test_alert_rules_load_and_evaluate(stack: dict) -> None:
     # Healthy service with a loaded model: neither the "no model" nor the "down" alert may be pending.
     firing = {alert["labels"]["alertname"] for alert in http_json(f"{base}/api/v1/alerts")["data"]["alerts"]}
     assert not firing & {"DigitsNoModelLoaded", "DigitsServeDown"}, firing
+
+
+def test_compose_healthcheck_command(stack: dict) -> None:
+    """compose.yaml's health check exits 0 against the serving service and non-zero without one."""
+    test = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["serve"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "localhost:8500" in test[3]
+
+    def run(port: int) -> int:
+        code = test[3].replace("localhost:8500", f"127.0.0.1:{port}")
+        return subprocess.run(
+            [sys.executable, "-c", code], check=False, capture_output=True, timeout=30
+        ).returncode
+
+    assert run(stack["grpc_port"]) == 0
+    assert run(free_port()) != 0
