@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from jobs.config import ConfigError, load_config
@@ -145,3 +149,19 @@ def test_done_marker_is_scoped_to_the_run(tmp_path) -> None:
     write_done_marker(tmp_path, "job-a", finalized=True)
     assert read_done_marker(tmp_path)["finalized"] is True
     assert [p.name for p in tmp_path.iterdir()] == ["search_done.json"]  # no temporary file left behind
+
+
+def test_the_job_exits_2_on_inconsistent_distributed_variables(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERASTUNER_", "TUNE_"))}
+    env.update(KERASTUNER_TUNER_ID="tuner1", KERASTUNER_ORACLE_IP="127.0.0.1", TUNE_OUTPUT=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.tune", "--preset", "smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "missing: KERASTUNER_ORACLE_PORT" in result.stderr
+    assert not any(tmp_path.iterdir())  # failed before touching the output

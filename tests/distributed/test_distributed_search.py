@@ -120,3 +120,15 @@ def test_a_killed_and_restarted_chief_finishes_the_search(search) -> None:
     finish(*workers, restarted)
     assert_one_export_of_every_trial(search.output)
     assert "Reloading Tuner" in restarted.log()
+
+
+def test_a_worker_without_a_chief_exits_6_within_its_connect_timeout(tmp_path: Path, data_dir: Path) -> None:
+    config = write_search_config(
+        tmp_path / "config.yaml", data_dir, tmp_path / "run", TRIALS, connect_timeout_seconds=2
+    )
+    worker = JobProcess("tuner1", free_port(), config, tmp_path)  # nobody listens on that port
+    try:
+        assert worker.wait(120) == 6, worker.log()[-3000:]
+    finally:
+        worker.stop()
+    assert "not reachable within 2 s" in worker.log()
