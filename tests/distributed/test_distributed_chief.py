@@ -44,11 +44,18 @@ def build(hp: kt.HyperParameters) -> None:
 def make_tuner(
     directory: Path, tuner_id: str, port: int, monkeypatch: pytest.MonkeyPatch, trials: int
 ) -> Any:
-    """A Keras Tuner BaseTuner in the given role (Keras Tuner reads the role from the environment)."""
+    """A Keras Tuner BaseTuner in the given role (Keras Tuner reads the role from the environment).
+
+    ``trials`` 0 means Hyperband (brackets up to 9 epochs, factor 3), which has no trial budget.
+    """
     monkeypatch.setenv("KERASTUNER_TUNER_ID", tuner_id)
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
-    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"), max_trials=trials, seed=1)
+    objective = kt.Objective("score", "max")
+    if trials == 0:
+        oracle = kt.oracles.HyperbandOracle(objective=objective, max_epochs=9, factor=3, seed=1)
+    else:
+        oracle = kt.oracles.RandomSearchOracle(objective=objective, max_trials=trials, seed=1)
     return kt.engine.base_tuner.BaseTuner(
         oracle=oracle, hypermodel=build, directory=str(directory), project_name="p"
     )
@@ -246,3 +253,24 @@ def test_a_search_that_fails_on_the_chief_is_not_mistaken_for_a_lost_chief(tmp_p
     cluster.server.stop(drain=False)
     assert isinstance(cluster.error, RuntimeError)
     assert "consecutive failures" in str(cluster.error)
+
+
+def test_a_hyperband_search_ends_when_its_brackets_are_done(tmp_path, monkeypatch) -> None:
+    # Hyperband has no trial budget and answers IDLE while a bracket waits for results: the chief must
+    # still see the end.
+    cluster = Cluster(tmp_path, monkeypatch, trials=0)
+    workers = {name: cluster.worker(name) for name in ("tuner1", "tuner2")}
+    stopped: set[str] = set()
+    scores = iter(range(1000))
+    while len(stopped) < len(workers):
+        for name, worker in workers.items():
+            if name in stopped:
+                continue
+            trial = worker.create_trial(name)
+            if trial.status == "STOPPED":
+                stopped.add(name)
+            elif trial.status == "RUNNING":
+                complete(worker, trial, score=next(scores) / 1000)
+    cluster.finish()
+    trials = list(cluster.oracle.trials.values())
+    assert len(trials) > 9 and all(t.status == "COMPLETED" for t in trials)
