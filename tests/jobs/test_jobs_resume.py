@@ -16,6 +16,7 @@ from conftest import tiny_config, write_config
 import modelrepo
 from jobs import config as cfg
 from jobs import tune
+from jobs.progress import hyperband_budget
 
 REPO = Path(__file__).resolve().parents[2]
 HYPERBAND = {"kind": "hyperband", "max_epochs": 3, "factor": 3}
@@ -100,7 +101,7 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
         )
     )
     whole = tune.run(uninterrupted)
-    assert len(after) == whole.trials == 6
+    assert len(after) == whole.trials == hyperband_budget(3, 3, 1)[0] == 6
     metadata = modelrepo.read_metadata(output / "models" / "mnist" / "1")
     assert len(metadata.trials) == len(after)
 
