@@ -39,7 +39,7 @@ class ServingMetrics:
         )
         self.request_duration = Histogram(
             "digits_request_duration_seconds",
-            "Server-side RPC latency, from decoded request to encoded response",
+            "Server-side RPC latency: parsing, validation, queueing, model call and encoding",
             ["method"],
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -12,15 +12,9 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (
-    failing_fn,
-    mnist_dir,
-    publish_copy,
-    publish_tf_module,
-    wait_serving,
-)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serving_helpers import failing_fn, mnist_dir, publish_copy, publish_tf_module, wait_serving
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import publish_copy, publish_tf_module, wait_serving, wrong_signature_fn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from serving_helpers import publish_copy, publish_tf_module, wait_serving, wrong_signature_fn
 
 import modelrepo
 from digits.v1 import digits_pb2, digits_pb2_grpc
