@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$repo/scripts/containers.conf}"
 export TF_CPP_MIN_LOG_LEVEL=2
+export PYTHONPATH="$repo"  # host-side client and load generator import serving/ and digits/ from here
 python="$repo/.venv/bin/python"
 mnist="$(realpath "${MNIST_DATA_DIR:-$repo/../shared/datasets/mnist}")"
 prefix="mnist-e2e"
@@ -61,13 +62,24 @@ tb=$(date +%s)
   >"$work/build-tune.log" 2>&1 || { tail -30 "$work/build-tune.log"; fail "building mnist-tune"; }
 build_seconds=$(( $(date +%s) - tb ))
 log "images built in ${build_seconds}s"
+for image in mnist-serve mnist-tune; do
+  user=$(podman image inspect -f '{{.Config.User}}' "$image:$tag")
+  [ "$user" = "10001:10001" ] || fail "$image runs as '$user', not 10001:10001"
+done
+# The serving image: no keras-tuner, no compilers.
+podman run --rm --network=none --entrypoint python "mnist-serve:$tag" -c '
+import importlib.util, shutil, sys
+found = [m for m in ("keras_tuner", "matplotlib") if importlib.util.find_spec(m)]
+found += [c for c in ("gcc", "cc", "g++", "c++", "clang") if shutil.which(c)]
+sys.exit(f"serve image contains {found}" if found else 0)' || fail "serve image is not slim"
 
 log "2/5 tune (smoke preset) into volume $prefix-workspace"
 podman rm -f "$prefix-serve" "$prefix-tune" >/dev/null 2>&1 || true
 podman volume rm -f "$prefix-workspace" >/dev/null 2>&1 || true
 podman volume create "$prefix-workspace" >/dev/null
 pgw_port=$(free_port)
-prometheus-pushgateway --web.listen-address="127.0.0.1:$pgw_port" >"$work/pushgateway.log" 2>&1 &
+# --persistence.file= : Debian's default file would bring back metrics pushed by earlier runs.
+prometheus-pushgateway --web.listen-address="127.0.0.1:$pgw_port" --persistence.file= >"$work/pushgateway.log" 2>&1 &
 pids+=($!)
 tt=$(date +%s)
 # Host network only so the job can reach the Pushgateway on the host's loopback.
@@ -103,7 +115,7 @@ log "serve is SERVING after $(( $(date +%s) - ts ))s"
 
 log "4/5 Predict from the host, Prometheus scrape"
 "$python" -m serving.client --target "127.0.0.1:$grpc_port" --idx "$mnist/t10k-images-idx3-ubyte.gz" \
-  --count 200 >"$work/predict.log" || { cat "$work/predict.log"; fail "Predict from the host"; }
+  --labels "$mnist/t10k-labels-idx1-ubyte.gz" --count 200 >"$work/predict.log" || { cat "$work/predict.log"; fail "Predict from the host"; }
 tail -2 "$work/predict.log"
 prom_port=$(free_port)
 cat >"$work/prometheus.yml" <<EOF
