@@ -46,26 +46,30 @@ def _wrap(
     async def behaviour(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         metrics.inflight.inc()
-        code = "OK"
         try:
             try:
                 request = request_class.FromString(data)
             except DecodeError as exc:
                 raise InvalidInput(f"the request is not a valid {type_name} message") from exc
-            response = await handler(request, context)
-            return response.SerializeToString()
+            response = (await handler(request, context)).SerializeToString()
         except asyncio.CancelledError:  # the client went away or the deadline passed
-            code = "CANCELLED"
+            _finish(metrics, label, "CANCELLED", started)
             raise
         except Exception as exc:
             status, message = status_for(exc)
-            code = status.name
             if status is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", label)
+            # Record before abort(): it sends the status at once, so the client may look at
+            # /metrics before this coroutine runs again.
+            _finish(metrics, label, status.name, started)
             await context.abort(status, message)
             raise AssertionError("unreachable: abort() raises") from exc
-        finally:
-            metrics.inflight.dec()
-            metrics.observe_request(label, code, time.perf_counter() - started)
+        _finish(metrics, label, "OK", started)
+        return response
 
     return behaviour
+
+
+def _finish(metrics: ServingMetrics, label: str, code: str, started: float) -> None:
+    metrics.inflight.dec()
+    metrics.observe_request(label, code, time.perf_counter() - started)
