@@ -217,6 +217,9 @@ class RuntimeConfig(_Strict):
     gpu_memory_growth: bool = True
     pushgateway: str | None = None  # host:port; progress gauges are pushed when set
     tensorboard: bool = True  # per-trial TensorBoard logs with HParams under report/tensorboard
+    # Training steps per tf.function call: fewer Python round trips and per-batch callback calls
+    # (Keras Tuner's trial callback makes batch ends synchronous); the same updates as 1.
+    steps_per_execution: PositiveInt = 8
 
 
 class JobConfig(_Strict):

@@ -36,7 +36,9 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
 
 
-def build_mlp(values: dict[str, Any], steps_per_epoch: int, epochs: int) -> keras.Model:
+def build_mlp(
+    values: dict[str, Any], steps_per_epoch: int, epochs: int, steps_per_execution: int = 1
+) -> keras.Model:
     """Build and compile the MLP for a complete set of hyperparameter values.
 
     ``steps_per_epoch`` and ``epochs`` size the cosine schedule (it decays over the epochs this fit runs).
@@ -70,6 +72,7 @@ def build_mlp(values: dict[str, Any], steps_per_epoch: int, epochs: int) -> kera
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(values.get("label_smoothing", 0.0))),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -77,11 +80,14 @@ def build_mlp(values: dict[str, Any], steps_per_epoch: int, epochs: int) -> kera
 class MlpHyperModel(kt.HyperModel):
     """The search space of ``space``; trials fit on one-hot labels (label smoothing needs them)."""
 
-    def __init__(self, space: SpaceConfig, train_size: int, epochs: int) -> None:
+    def __init__(
+        self, space: SpaceConfig, train_size: int, epochs: int, steps_per_execution: int = 1
+    ) -> None:
         super().__init__(name="mnist_mlp", tunable=True)
         self.space = space
         self.train_size = train_size
         self.epochs = epochs
+        self.steps_per_execution = steps_per_execution
         self.verbose = 0  # Keras' progress bar (1) on a terminal; the job sets it
 
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
@@ -107,7 +113,7 @@ class MlpHyperModel(kt.HyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         values = self.declare(hp)
         steps = math.ceil(self.train_size / int(values["batch_size"]))
-        return build_mlp(values, steps, self.trial_epochs(hp))
+        return build_mlp(values, steps, self.trial_epochs(hp), self.steps_per_execution)
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, x: Any, y: Any, **kwargs: Any) -> Any:
         kwargs["verbose"] = self.verbose  # the tuner's own verbose drives its summary display only

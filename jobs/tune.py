@@ -125,7 +125,9 @@ def build_tuner(
     if tuner_id and "KERASTUNER_TUNER_ID" not in os.environ:
         os.environ["KERASTUNER_TUNER_ID"] = tuner_id
     train_size = len(splits.subset(config.search.train_subset)[0])
-    hypermodel = MlpHyperModel(config.space, train_size, config.search.epochs)
+    hypermodel = MlpHyperModel(
+        config.space, train_size, config.search.epochs, config.runtime.steps_per_execution
+    )
     paths = output_paths(config)
     paths["root"].mkdir(parents=True, exist_ok=True)
     try:
@@ -228,7 +230,9 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
         epochs = best_epochs if config.final.epochs == "best" else int(config.final.epochs)
         x, y = splits.train_and_val()
         batch_size = int(values["batch_size"])
-        model = build_mlp(values, int(np.ceil(len(x) / batch_size)), epochs)
+        model = build_mlp(
+            values, int(np.ceil(len(x) / batch_size)), epochs, config.runtime.steps_per_execution
+        )
         callbacks: list[keras.callbacks.Callback] = []
         if progress is not None:
             progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
