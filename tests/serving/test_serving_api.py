@@ -285,7 +285,10 @@ def test_queue_full_is_resource_exhausted(start_server, exported, tmp_path):
     request = digits_pb2.PredictRequest(uint8_pixels=bytes(3 * 784))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(call_code, stub.Predict, request)
-        time.sleep(0.3)
+        registry = server.server.metrics.registry
+        deadline = time.monotonic() + 30
+        while registry.get_sample_value("digits_inflight_requests") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         code, details = call_code(stub.Predict, request)
         assert code == EXHAUSTED and "queue is full" in details
         assert first.result()[0] == OK
