@@ -81,7 +81,7 @@ def run_preset(preset: str, data_dir: str, output: Path) -> dict:
     }
 
 
-def overhead(data_dir: str, epochs: int, output: Path) -> dict:
+def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int | None = None) -> dict:
     """Seconds for ``epochs`` of one fixed MLP: the job's search step vs a plain ``model.fit``."""
     import keras
     import numpy as np
@@ -97,6 +97,8 @@ def overhead(data_dir: str, epochs: int, output: Path) -> dict:
         "final": {"mode": "best_trial"},
         "output": {"dir": str(output)},
     }
+    if steps_per_execution is not None:
+        overrides["runtime"] = {"steps_per_execution": steps_per_execution}
     config = cfg.validate(cfg.deep_merge(cfg.preset_dict("seed"), overrides))
     tune.setup_runtime(config)
     _, splits = tune.load_data(config)
@@ -133,6 +135,7 @@ def overhead(data_dir: str, epochs: int, output: Path) -> dict:
     trial = tuner.oracle.get_best_trials(1)[0]
     return {
         "epochs": epochs,
+        "job_steps_per_execution": config.runtime.steps_per_execution,
         "plain_fit_seconds": plain_seconds,
         "job_search_seconds": job_seconds,
         "overhead_percent": 100.0 * (job_seconds - plain_seconds) / plain_seconds,
@@ -151,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overhead-epochs", type=int, default=10, help="epochs of the overhead comparison")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--job-steps-per-execution",
+        type=int,
+        help="runtime.steps_per_execution of the job's side (default: config)",
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="quick check: preset smoke, 1-epoch overhead run"
     )
@@ -176,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if not args.skip_overhead:
-        result = overhead(args.data_dir, epochs, root / "overhead")
+        result = overhead(args.data_dir, epochs, root / "overhead", args.job_steps_per_execution)
         figures["overhead"] = result
         print(
             f"\nharness overhead, one fixed 2x512 MLP, {result['epochs']} epochs on the training split: "
             f"plain model.fit {result['plain_fit_seconds']:.1f}s, "
             f"job search {result['job_search_seconds']:.1f}s "
+            f"(steps_per_execution {result['job_steps_per_execution']}) "
             f"-> {result['overhead_percent']:+.1f}% (val accuracy {result['plain_val_accuracy']:.4f} vs "
             f"{result['job_val_accuracy']:.4f})"
         )
