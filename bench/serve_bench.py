@@ -154,7 +154,7 @@ def _raw_model(model_dir: Path, batch: int, seconds: float) -> dict:
 
     from serving.model_store import load_version
 
-    model = load_version("bench", 1, model_dir)
+    model = load_version(model_dir.parent.name, int(model_dir.name), model_dir)
     images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28)).astype(np.float32)
     for _ in range(20):
         model.predict(images)
@@ -201,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     parser.add_argument("--batch-concurrency", type=int, default=2, help="concurrent batch-256 requests")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the gRPC phases, interleaved; report each one's best run",
+    )
     parser.add_argument("--load", help=argparse.SUPPRESS)  # internal: run as the load generator
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run as the server (model root)
     parser.add_argument("--method", default="predict", help=argparse.SUPPRESS)
@@ -251,15 +257,19 @@ def main(argv: list[str] | None = None) -> int:
         target = f"127.0.0.1:{port}"
         try:
             _wait_serving(target, server)
-            results = {
-                "noop c=1": _run_load(target, "noop", 1, 1, args),
-                "noop c=32": _run_load(target, "noop", 1, 32, args),
-                "Predict 1 img c=1": _run_load(target, "predict", 1, 1, args),
-                "Predict 1 img c=32": _run_load(target, "predict", 1, 32, args),
-                f"Predict 256 img c={args.batch_concurrency}": _run_load(
-                    target, "predict", 256, args.batch_concurrency, args
-                ),
+            phases = {
+                "noop c=1": ("noop", 1, 1),
+                "noop c=32": ("noop", 1, 32),
+                "Predict 1 img c=1": ("predict", 1, 1),
+                "Predict 1 img c=32": ("predict", 1, 32),
+                f"Predict 256 img c={args.batch_concurrency}": ("predict", 256, args.batch_concurrency),
             }
+            results: dict[str, dict] = {}
+            for _ in range(args.rounds):  # interleaved rounds; keep each phase's best (least disturbed) run
+                for phase, (method, images, concurrency) in phases.items():
+                    result = _run_load(target, method, images, concurrency, args)
+                    if phase not in results or result["requests_per_s"] > results[phase]["requests_per_s"]:
+                        results[phase] = result
             rss, peak = _rss_mb(server.pid)
         finally:
             server.terminate()
@@ -267,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         results["raw model batch 1"] = _raw_model(model_dir, 1, args.duration)
         results["raw model batch 256"] = _raw_model(model_dir, 256, args.duration)
 
-    print(f"model: {model_dir}; {args.duration:g} s per phase after {args.warmup:g} s warm-up")
+    print(
+        f"model: {model_dir}; {args.duration:g} s per phase after {args.warmup:g} s warm-up, "
+        f"best of {args.rounds} round(s)"
+    )
     print(f"| {'phase':<22} | {'req/s':>9} | {'images/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | errors |")
     print(f"|{'-' * 24}|{'-' * 11}|{'-' * 12}|{'-' * 9}|{'-' * 9}|--------|")
     for phase, r in results.items():
