@@ -32,12 +32,17 @@ def plot_learning_curves(
     trial_history: dict[str, list[float]] | None,
     final_history: dict[str, list[float]] | None,
     title: str,
+    trial_epochs: list[int] | None = None,
 ) -> None:
-    """Accuracy and loss per epoch: the best trial's training and validation curves, and the final fit's."""
+    """Accuracy and loss per epoch: the best trial's training and validation curves, and the final fit's.
+
+    ``trial_epochs`` are the trial's 0-based epoch numbers (a warm-started Hyperband trial starts late).
+    """
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, metric in zip(axes, ("accuracy", "loss"), strict=True):
         if trial_history:
-            epochs = range(1, len(trial_history.get(metric, [])) + 1)
+            count = len(trial_history.get(metric, []))
+            epochs = [e + 1 for e in trial_epochs] if trial_epochs else list(range(1, count + 1))
             if trial_history.get(metric):
                 axis.plot(epochs, trial_history[metric], label="best trial: training")
             if trial_history.get(f"val_{metric}"):
@@ -157,9 +162,10 @@ def write_report(
     final_history: dict[str, list[float]] | None,
     title: str,
     tensorboard: bool = True,
+    trial_epochs: list[int] | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    plot_learning_curves(directory / LEARNING_CURVES, trial_history, final_history, title)
+    plot_learning_curves(directory / LEARNING_CURVES, trial_history, final_history, title, trial_epochs)
     plot_search(directory / SEARCH_CHART, trials, objective)
     write_trials_table(directory, trials)
     if tensorboard:

@@ -267,6 +267,7 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
         "note": note,
         "history": history,
         "trial_history": trial_history,
+        "trial_epochs": record["epochs"] if record else None,
         "val_accuracy": val_accuracy,
         "best_trial": best_trial.trial_id,
     }
@@ -309,6 +310,7 @@ def finalize(
         title=f"{config.preset}: trial {chosen['best_trial']}, final {config.final.mode}, "
         f"test accuracy {accuracy:.4f}",
         tensorboard=config.runtime.tensorboard,
+        trial_epochs=chosen["trial_epochs"],
     )
     metadata = modelrepo.ModelMetadata(
         model_name=config.output.model_name,
