@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DIGITS_SERVICE = digits_pb2.DESCRIPTOR.services_by_name["DigitClassifier"]
 TFS_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+LIVENESS_SERVICE = "liveness"  # SERVING while the process answers (Kubernetes liveness probe)
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -109,6 +110,7 @@ class PredictionServer:
     async def start(self) -> None:
         """Start answering (health NOT_SERVING until a model is loaded) and polling the repository."""
         await self._set_health(NOT_SERVING_STATUS)
+        await self.health.set(LIVENESS_SERVICE, SERVING_STATUS)
         self.batcher.start()
         await self.grpc_server.start()
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poller")

@@ -253,6 +253,8 @@ def test_unavailable_until_a_model_loads_then_serving(start_server, exported, tm
         health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
         == health_pb2.HealthCheckResponse.NOT_SERVING
     )
+    liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
+    assert liveness.status == health_pb2.HealthCheckResponse.SERVING  # alive while waiting for a model
     request = digits_pb2.PredictRequest(uint8_pixels=bytes(784))
     code, details = call_code(digits_stub(server.target).Predict, request)
     assert code == UNAVAILABLE and "no model" in details
