@@ -39,10 +39,13 @@ class JobTunerMixin:
         values = trial.hyperparameters.values
         initial_epoch = int(values.get("tuner/initial_epoch", 0))
         epochs = int(values.get("tuner/epochs", kwargs.get("epochs", 1)))
+        # Declaring on a copy gives the values build() will use, including layer widths this trial
+        # declares for the first time (Keras Tuner gives those their default).
+        used = self.hypermodel.declare(trial.hyperparameters.copy())  # type: ignore[attr-defined]
         log.info(
             "trial %s: %s, epochs %d..%d",
             trial.trial_id,
-            ", ".join(f"{key}={_short(value)}" for key, value in model_values(values).items()),
+            ", ".join(f"{key}={_short(value)}" for key, value in used.items()),
             initial_epoch + 1,
             epochs,
         )
