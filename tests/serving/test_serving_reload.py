@@ -126,7 +126,8 @@ def test_hot_reload_under_load_skips_bad_versions(start_server, exported, tmp_pa
         time.sleep(0.5)  # keep the load running on the new version
     finally:
         results = load.stop()
-    assert loads("success") == 2 and loads("failure") == 4
+    # >= 4: a poll may catch version 5 while its files are still being copied (a failure, retried later)
+    assert loads("success") == 2 and loads("failure") >= 4
     failures = {key: count for key, count in results.items() if key[0] != "OK"}
     assert not failures, failures
     versions = {version for _, version in results}
