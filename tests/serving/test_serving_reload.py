@@ -156,10 +156,10 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
     publish_copy(exported["random"], root)
     port, metrics_port = _free_port(), _free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DIGITS_METRICS_PORT": str(metrics_port)}
-    # A 3 s batching delay keeps requests in flight long enough to signal in the middle of them.
+    # A 30 s batching delay holds every request in the queue until SIGTERM drains it.
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model-root", str(root), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-host", "127.0.0.1", "--max-queue-delay-us", "3000000",
+         "--port", str(port), "--metrics-host", "127.0.0.1", "--max-queue-delay-us", "30000000",
          "--max-batch-size", "1024", "--grace-seconds", "20"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -175,7 +175,9 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
             stub.Predict.future(digits_pb2.PredictRequest(uint8_pixels=bytes(784 * n))) for n in range(1, 9)
         ]
         _wait_for(
-            lambda: (_metric(metrics_port, "digits_inflight_requests") or 0) >= 8, what="in-flight requests"
+            # 8 held requests + one blocked request per load client
+            lambda: (_metric(metrics_port, "digits_inflight_requests") or 0) >= 10,
+            what="in-flight requests",
         )
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -183,7 +185,7 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
         watch.cancel()
         answers = [future.result(timeout=30) for future in held]  # raises if any failed
         assert [len(answer.digits) for answer in answers] == list(range(1, 9))
-        assert time.monotonic() - signalled < 3  # drained at once, not after the 3 s batching delay
+        assert time.monotonic() - signalled < 15  # drained at once, not after the 30 s batching delay
         assert process.wait(timeout=30) == 0
         results = load.stop()
         channel.close()
