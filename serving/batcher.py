@@ -169,24 +169,29 @@ class Batcher:
             for item in live:
                 self._metrics.queue_wait.observe(started - item.enqueued)
             parts = [item.images for item in live]
-            try:
+            try:  # whatever the model does, the batcher itself must keep running
                 if self._executor is None:
                     probabilities, classes, seconds = _call_model(live[0].model, parts)
                 else:
                     probabilities, classes, seconds = await asyncio.get_running_loop().run_in_executor(
                         self._executor, _call_model, live[0].model, parts
                     )
+                total = sum(len(part) for part in parts)
+                if probabilities.shape != (total, 10) or classes.shape != (total,):
+                    raise RuntimeError(
+                        f"model returned shapes {probabilities.shape} and {classes.shape} for {total} images"
+                    )
+                self._metrics.model_execution.observe(seconds)
+                self._metrics.batch_size.observe(total)
+                self._metrics.images.inc(total)
+                valid = classes[(classes >= 0) & (classes < 10)]
+                self._metrics.observe_predictions(np.bincount(valid, minlength=10).tolist())
             except Exception as exc:
                 log.exception("model call failed for a batch of %d requests", len(live))
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
-            total = len(classes)
-            self._metrics.model_execution.observe(seconds)
-            self._metrics.batch_size.observe(total)
-            self._metrics.images.inc(total)
-            self._metrics.observe_predictions(np.bincount(classes, minlength=10).tolist())
             start = 0
             for item in live:
                 end = start + len(item.images)

@@ -158,3 +158,15 @@ def failing_fn(max_ok: int = 2):
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
 
     return serve
+
+
+def fixed_rows_fn(rows: int = 2):
+    """Always answers ``rows`` rows whatever the batch size: passes the warm-up, breaks other batches."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="images")])
+    def serve(images):
+        probabilities = tf.nn.softmax(tf.zeros([rows, 10]) + tf.reduce_sum(images) * 0)
+        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
+
+    return serve

@@ -14,7 +14,14 @@ import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serving_helpers import failing_fn, mnist_dir, publish_copy, publish_tf_module, wait_serving
+from serving_helpers import (
+    failing_fn,
+    fixed_rows_fn,
+    mnist_dir,
+    publish_copy,
+    publish_tf_module,
+    wait_serving,
+)
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -273,6 +280,18 @@ def test_internal_errors_send_no_detail(start_server, tmp_path):
     code, details = call_code(stub.Predict, digits_pb2.PredictRequest(uint8_pixels=bytes(3 * 784)))
     assert (code, details) == (INTERNAL, errors.INTERNAL_MESSAGE)
     assert call_code(stub.Predict, digits_pb2.PredictRequest(uint8_pixels=bytes(784)))[0] == OK  # still up
+
+
+def test_a_model_answering_the_wrong_shape_is_internal_and_the_batcher_survives(start_server, tmp_path):
+    root = tmp_path / "models"
+    publish_tf_module(root, fixed_rows_fn(rows=2))
+    server = start_server(model_root=root)
+    wait_serving(server.target)
+    stub = digits_stub(server.target)
+    for _ in range(2):
+        assert call_code(stub.Predict, digits_pb2.PredictRequest(uint8_pixels=bytes(2 * 784)))[0] == OK
+        code, details = call_code(stub.Predict, digits_pb2.PredictRequest(uint8_pixels=bytes(784)))
+        assert (code, details) == (INTERNAL, errors.INTERNAL_MESSAGE)
 
 
 def test_queue_full_is_resource_exhausted(start_server, exported, tmp_path):
