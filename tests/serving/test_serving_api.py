@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+import modelrepo
 from digits.v1 import digits_pb2, digits_pb2_grpc
 from serving import errors
 from serving.client import read_idx
@@ -268,6 +269,28 @@ def test_unavailable_until_a_model_loads_then_serving(start_server, exported, tm
     publish_copy(exported["random"], root)
     wait_serving(server.target, service="digits.v1.DigitClassifier")
     assert call_code(digits_stub(server.target).Predict, request)[0] == OK
+
+
+def test_model_with_only_broken_versions_is_unavailable_others_serve(start_server, exported, tmp_path):
+    root = tmp_path / "models"
+    publish_copy(exported["random"], root, name="other")
+    modelrepo.publish(
+        root,
+        modelrepo.read_metadata(exported["random"]),
+        lambda staging: (staging / modelrepo.SAVED_MODEL_FILE).write_bytes(b"not a SavedModel"),
+    )
+    server = start_server(model_root=root)
+    wait_serving(server.target)
+    stub = digits_stub(server.target)
+    one = bytes(784)
+    response = stub.Predict(digits_pb2.PredictRequest(model_name="other", uint8_pixels=one), timeout=30)
+    assert response.model_name == "other"
+    code, details = call_code(stub.Predict, digits_pb2.PredictRequest(uint8_pixels=one))
+    assert code == UNAVAILABLE and "'mnist' has no loaded version" in details
+    registry = server.server.metrics.registry
+    failures = registry.get_sample_value("digits_model_loads_total", {"model": "mnist", "outcome": "failure"})
+    assert failures == 1
+    assert registry.get_sample_value("digits_model_loaded_version", {"model": "mnist"}) == 0
 
 
 def test_internal_errors_send_no_detail(start_server, tmp_path):
