@@ -105,6 +105,7 @@ health_cmd=$("$python" -c 'import sys, yaml
 test = yaml.safe_load(open("compose.yaml"))["services"]["serve"]["healthcheck"]["test"]
 assert test[0] == "CMD-SHELL", test
 print(test[1])')
+[ -n "$health_cmd" ] || fail "no health-check command found in compose.yaml"
 ts=$(date +%s)
 until podman exec "$prefix-serve" sh -c "$health_cmd" 2>/dev/null; do
   [ "$(podman inspect -f '{{.State.Running}}' "$prefix-serve")" = true ] || fail "serve container exited"

@@ -166,3 +166,16 @@ def test_prometheusrule_matches_the_monitoring_rules(documents: list[dict], tmp_
     extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     if shutil.which("promtool"):
         subprocess.run(["promtool", "check", "rules", str(extracted)], check=True, capture_output=True)
+
+
+def test_tune_oracle_is_reachable_from_tune_pods_only(documents: list[dict]) -> None:
+    pod = find(documents, "Job", "mnist-tune")["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    policy = find(documents, "NetworkPolicy", "mnist-tune")["spec"]
+    assert all(labels.get(k) == v for k, v in policy["podSelector"]["matchLabels"].items())
+    (rule,) = policy["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["oracle"] and "oracle" in ports
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # no namespaceSelector / ipBlock: same namespace, tune pods only
+    assert all(labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
