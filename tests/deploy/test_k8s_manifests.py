@@ -179,3 +179,21 @@ def test_tune_oracle_is_reachable_from_tune_pods_only(documents: list[dict]) -> 
     (peer,) = rule["from"]
     assert set(peer) == {"podSelector"}  # no namespaceSelector / ipBlock: same namespace, tune pods only
     assert all(labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+
+
+def test_serving_environment_names_real_settings(documents: list[dict]) -> None:
+    """The service ignores unknown DIGITS_* variables, so a typo in a manifest would pass silently."""
+    from serving.settings import Settings
+
+    container = find(documents, "Deployment", "mnist-serve")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("DIGITS_")}
+    assert env
+    unknown = [name for name in env if name.removeprefix("DIGITS_").lower() not in Settings.model_fields]
+    assert not unknown, f"not service settings: {unknown}"
+    settings = Settings(**{name.removeprefix("DIGITS_").lower(): value for name, value in env.items()})
+    assert (settings.port, settings.metrics_port) == (8500, 8000)
+    # The SIGTERM grace must end before Kubernetes kills the pod.
+    grace = find(documents, "Deployment", "mnist-serve")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
+    assert settings.grace_seconds < grace
