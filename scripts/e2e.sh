@@ -113,6 +113,11 @@ until podman exec "$prefix-serve" sh -c "$health_cmd" 2>/dev/null; do
   sleep 2
 done
 log "serve is SERVING after $(( $(date +%s) - ts ))s"
+# What the Kubernetes startup/liveness probes ask (k8s/serve-deployment.yaml).
+podman exec "$prefix-serve" python -c 'import sys, grpc
+from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g
+r = g.HealthStub(grpc.insecure_channel("localhost:8500")).Check(h.HealthCheckRequest(service="liveness"), timeout=3)
+sys.exit(r.status != h.HealthCheckResponse.SERVING)' || fail "health service liveness is not SERVING"
 
 log "4/5 Predict from the host, Prometheus scrape"
 "$python" -m serving.client --target "127.0.0.1:$grpc_port" --idx "$mnist/t10k-images-idx3-ubyte.gz" \

@@ -169,6 +169,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 90,
                 "health SERVING",
             )
+            # What the Deployment's liveness probe asks (k8s/serve-deployment.yaml).
+            liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2)
+            assert liveness.status == health_pb2.HealthCheckResponse.SERVING
 
         gateway_port = free_port()
         gateway = Process(

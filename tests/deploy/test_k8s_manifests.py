@@ -89,9 +89,12 @@ def test_serving_pod_is_hardened_and_probed(documents: list[dict]) -> None:
     assert sc["capabilities"]["drop"] == ["ALL"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": 8500, "metrics": 8000}
-    for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == 8500, probe
-    assert "livenessProbe" in container
+    # Ready (service "") only with a model loaded; started and alive (service "liveness") without one.
+    from serving.server import LIVENESS_SERVICE
+
+    assert container["readinessProbe"]["grpc"] == {"port": 8500}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": 8500, "service": LIVENESS_SERVICE}, probe
     assert container["resources"]["requests"] and container["resources"]["limits"]
     # /tmp is the only writable path; the model volume is mounted read-only at the model root's parent.
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
