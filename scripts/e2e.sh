@@ -55,12 +55,18 @@ scripts/make-base-images.sh
 build=(podman build --pull=never --layers)
 # A TLS-intercepting proxy on the build machine: give pip inside the build the host's CA bundle.
 [ -d /etc/ssl/certs ] && build+=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
+previous=$(podman image inspect -f '{{.Id}}' "mnist-serve:$tag" "mnist-tune:$tag" 2>/dev/null || true)
 tb=$(date +%s)
 "${build[@]}" -f Dockerfile.serve -t "mnist-serve:$tag" . >"$work/build-serve.log" 2>&1 \
   || { tail -30 "$work/build-serve.log"; fail "building mnist-serve"; }
 "${build[@]}" -f Dockerfile.train --build-arg TF_PACKAGE=tensorflow==2.21.0 -t "mnist-tune:$tag" . \
   >"$work/build-tune.log" 2>&1 || { tail -30 "$work/build-tune.log"; fail "building mnist-tune"; }
 build_seconds=$(( $(date +%s) - tb ))
+# The images these builds replaced are untagged now; drop them (2 GB each), but not the build cache.
+current=$(podman image inspect -f '{{.Id}}' "mnist-serve:$tag" "mnist-tune:$tag")
+for id in $previous; do
+  grep -q "$id" <<<"$current" || podman rmi "$id" >/dev/null 2>&1 || true
+done
 log "images built in ${build_seconds}s"
 for image in mnist-serve mnist-tune; do
   user=$(podman image inspect -f '{{.Config.User}}' "$image:$tag")
