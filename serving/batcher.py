@@ -1,9 +1,11 @@
 """Dynamic batching: requests queued at the same time are merged into one model call.
 
 A batch runs as soon as the model is free, so a lone request waits for nothing and, under load,
-requests that arrive while a call runs form the next batch. With ``max_queue_delay`` set, a partial
-batch also waits up to that long (from its oldest request) for more images, as in TF Serving. The queue is
-bounded in images; a request that would overflow it gets RESOURCE_EXHAUSTED at once.
+requests that arrive while a call runs form the next batch. Under concurrent traffic (a batch merged
+several requests in the last 100 ms) a partial batch also waits up to ``busy_queue_delay`` for more
+requests: a client sending one request at a time never pays it. With
+``max_queue_delay`` set, every partial batch waits up to that long for more images, as in TF Serving.
+The queue is bounded in images; a request that would overflow it gets RESOURCE_EXHAUSTED at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from .model_store import LoadedModel
 
 log = logging.getLogger(__name__)
 
+# A batch that merged several requests marks the traffic as concurrent for this long.
+BUSY_WINDOW_SECONDS = 0.1
+
 
 @dataclass(slots=True)
 class _Item:
@@ -38,14 +43,17 @@ class Batcher:
     def __init__(
         self,
         metrics: ServingMetrics,
+        *,
         max_batch_size: int = 256,
         max_queue_delay: float = 0.0,
+        busy_queue_delay: float = 0.0,
         max_queued_images: int = 8192,
-        threads: int = 1,
+        threads: int = 0,
     ) -> None:
         self._metrics = metrics
         self._max_batch = max_batch_size
         self._delay = max_queue_delay
+        self._busy_delay = busy_queue_delay
         self._max_queued = max_queued_images
         self._threads = threads
         self._queue: deque[_Item] = deque()
@@ -58,6 +66,7 @@ class Batcher:
         self._closing = False
         self._draining = False
         self._running: set[asyncio.Task] = set()
+        self._last_merge = -BUSY_WINDOW_SECONDS  # when a batch last merged several requests
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -106,9 +115,15 @@ class Batcher:
                 continue
             await self._free.acquire()
             if self._delay > 0 and not self._draining:
-                await self._wait_for_batch()
-            elif self._executor is None:
-                await self._gather_ready()
+                await self._wait_for_batch(self._queue[0].enqueued + self._delay)
+            elif (
+                self._busy_delay > 0
+                and not self._draining
+                and time.perf_counter() - self._last_merge < BUSY_WINDOW_SECONDS
+            ):
+                # Concurrent traffic (a recent batch merged several requests): the clients it
+                # answered are about to send again, so give them a moment to join this batch.
+                await self._wait_for_batch(self._queue[0].enqueued + self._busy_delay)
             items = self._take_batch()
             if self._threads <= 1:  # one call at a time: run it here and save a task per batch
                 await self._run(items)
@@ -117,20 +132,8 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _gather_ready(self) -> None:
-        """Let handlers that are already runnable enqueue first, so one model call serves them all.
-
-        Costs a loop iteration or two; without it, the model (run on this thread) would take
-        batches of one while other decoded requests wait behind it.
-        """
-        for _ in range(8):
-            before = len(self._queue)
-            await asyncio.sleep(0)
-            if len(self._queue) == before or self._queued_images >= self._max_batch:
-                return
-
-    async def _wait_for_batch(self) -> None:
-        deadline = self._queue[0].enqueued + self._delay
+    async def _wait_for_batch(self, deadline: float) -> None:
+        """Wait until the batch is full, the deadline passes or shutdown drains the queue."""
         while self._queued_images < self._max_batch and not self._draining:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -158,6 +161,8 @@ class Batcher:
                 skipped.append(item)
         self._queue.extendleft(reversed(skipped))
         self._queued_images -= size
+        if len(items) > 1:
+            self._last_merge = time.perf_counter()
         return items
 
     async def _run(self, items: list[_Item]) -> None:

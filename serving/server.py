@@ -53,6 +53,7 @@ class PredictionServer:
             self.metrics,
             max_batch_size=settings.max_batch_size,
             max_queue_delay=settings.max_queue_delay_us / 1e6,
+            busy_queue_delay=settings.busy_queue_delay_us / 1e6,
             max_queued_images=settings.max_queued_images,
             threads=settings.batch_threads,
         )

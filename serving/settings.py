@@ -41,17 +41,23 @@ class Settings(BaseSettings):
     max_queue_delay_us: int = Field(
         default=0,
         ge=0,
-        description="how long a partial batch may wait for more requests before it runs (0: run at once)",
+        description="how long every partial batch waits for more requests before it runs (0: no fixed wait)",
+    )
+    busy_queue_delay_us: int = Field(
+        default=1000,
+        ge=0,
+        description="under concurrent traffic only, how long a partial batch may wait for more requests "
+        "(a lone client never waits; 0: never)",
     )
     max_queued_images: int = Field(
         default=8192, ge=1, description="images waiting for the model before RESOURCE_EXHAUSTED"
     )
     max_images_per_request: int = Field(default=1024, ge=1, description="largest batch in one request")
     batch_threads: int = Field(
-        default=1,
+        default=0,
         ge=0,
-        description="model calls that may run at the same time, each on its own thread "
-        "(0: on the event loop thread)",
+        description="0: call the model on the event loop thread (no GIL contention; best for a small "
+        "model on few cores); N: up to N calls at once, each on its own thread",
     )
     max_message_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="largest gRPC request or response message"

@@ -105,6 +105,31 @@ def test_queue_delay_gathers_staggered_requests_into_one_call(model):
     assert metrics.registry.get_sample_value("digits_queue_wait_seconds_sum") > 0.3 * 3 - 0.1
 
 
+def test_busy_delay_is_paid_only_under_concurrent_traffic(model):
+    metrics = ServingMetrics()
+    one = np.zeros((1, 28, 28), np.float32)
+
+    def waited() -> float:
+        return metrics.registry.get_sample_value("digits_queue_wait_seconds_sum")
+
+    async def main():
+        batcher = Batcher(metrics, max_batch_size=64, busy_queue_delay=0.3)
+        batcher.start()
+        for _ in range(3):  # one client, one request at a time: never waits
+            await batcher.predict(model, one)
+        lone = waited()
+        await asyncio.gather(*(batcher.predict(model, one) for _ in range(4)))  # merged: traffic is busy
+        before = waited()
+        await batcher.predict(model, one)  # now a partial batch waits for company
+        busy = waited() - before
+        await batcher.close()
+        return lone, busy
+
+    lone, busy = asyncio.run(main())
+    assert lone < 0.1
+    assert busy >= 0.25
+
+
 def test_full_queue_rejects_at_once(model):
     async def main():
         batcher = Batcher(ServingMetrics(), max_batch_size=64, max_queue_delay=0.2, max_queued_images=4)
