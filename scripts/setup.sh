@@ -16,6 +16,10 @@ case "$profile" in
   *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;
 esac
 
+# kubectl renders the kustomization in the tests; Debian's kubernetes-client provides it where the
+# machine has no newer kubectl of its own.
+command -v kubectl >/dev/null 2>&1 || [ "$profile" = train ] || apt_packages+=(kubernetes-client)
+
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

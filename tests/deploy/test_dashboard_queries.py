@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from deploy_tools import require_tools
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +32,10 @@ RULES = REPO / "monitoring" / "rules" / "digits-alerts.yml"
 # Grafana's template variables, as Grafana would expand them for "All" and a short time range.
 TEMPLATE_VALUES = {"$__rate_interval": "15s", "$instance": ".*"}
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("prometheus") and shutil.which("prometheus-pushgateway")),
-    reason="needs prometheus and prometheus-pushgateway (scripts/setup.sh dev installs them)",
-)
+
+@pytest.fixture(autouse=True)
+def _tools():
+    require_tools("prometheus", "prometheus-pushgateway")
 
 
 def free_port() -> int:

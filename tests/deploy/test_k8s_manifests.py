@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from deploy_tools import require_tools
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -18,7 +18,10 @@ VERSIONS = ("1.30.0", "1.37.0")
 # hand below (metadata via a core kind, rules with promtool, selectors against the Deployment).
 CRD_GROUP = "monitoring.coreos.com/v1"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (for kustomize)")
+
+@pytest.fixture(autouse=True)
+def _tools():
+    require_tools("kubectl", "promtool")
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +170,7 @@ def test_prometheusrule_matches_the_monitoring_rules(documents: list[dict], tmp_
     # The Operator hands spec.groups to Prometheus as a rule file: promtool must accept it.
     extracted = tmp_path / "operator-rules.yml"
     extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    if shutil.which("promtool"):
-        subprocess.run(["promtool", "check", "rules", str(extracted)], check=True, capture_output=True)
+    subprocess.run(["promtool", "check", "rules", str(extracted)], check=True, capture_output=True)
 
 
 def test_tune_oracle_is_reachable_from_tune_pods_only(documents: list[dict]) -> None:

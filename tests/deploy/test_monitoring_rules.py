@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from deploy_tools import require_tools
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 
-pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (prometheus)")
+
+@pytest.fixture(autouse=True)
+def _tools():
+    require_tools("promtool")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
