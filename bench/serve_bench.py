@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(args.serve, port, metrics_port))
         return 0
 
+    from serving.model_store import configure_tensorflow_threads
+    from serving.settings import Settings
+
+    # The raw floor runs with the server's TensorFlow thread settings (before TensorFlow starts).
+    defaults = Settings(model_root=".")
+    configure_tensorflow_threads(defaults.tf_intra_op_threads, defaults.tf_inter_op_threads)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         root = args.model_root
         if root is None:

@@ -104,6 +104,21 @@ def load_version(name: str, version: int, path: Path) -> LoadedModel:
     return loaded
 
 
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Set TensorFlow's thread pools; possible only before TensorFlow runs its first op."""
+    current = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+    if current == (intra_op, inter_op):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # already initialised (e.g. a second server in one process)
+        log.warning("TensorFlow already runs with (intra, inter) op threads %s; keeping them", current)
+
+
 def _fingerprint(path: Path) -> tuple[int, int]:
     """Newest mtime and file count under ``path``: changes when a version's files are rewritten."""
     newest, count = 0, 0

@@ -27,7 +27,7 @@ from digits.v1 import digits_pb2
 from .batcher import Batcher
 from .digits_servicer import DigitsServicer
 from .metrics import ServingMetrics
-from .model_store import ModelStore
+from .model_store import ModelStore, configure_tensorflow_threads
 from .rpc import service_handler
 from .settings import Settings, parse_settings
 from .tfs_servicer import TfsPredictionServicer
@@ -46,6 +46,7 @@ class PredictionServer:
 
     def __init__(self, settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
         self.settings = settings
+        configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         self.metrics = ServingMetrics()
         self.metrics.loaded_version.labels(model=settings.default_model).set(0)
         self.store = ModelStore(settings.model_root, self.metrics, settings.max_loaded_versions)

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         description="0: call the model on the event loop thread (no GIL contention; best for a small "
         "model on few cores); N: up to N calls at once, each on its own thread",
     )
+    tf_intra_op_threads: int = Field(
+        default=1,
+        ge=0,
+        description="TensorFlow threads inside one op (0: TensorFlow's default, one per core)",
+    )
+    tf_inter_op_threads: int = Field(
+        default=1, ge=0, description="TensorFlow ops run in parallel (0: TensorFlow's default)"
+    )
     max_message_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="largest gRPC request or response message"
     )
