@@ -10,9 +10,9 @@ profile="${1:-dev}"
 apt_packages=()
 case "$profile" in
   train) extras="train" ;;
-  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway) ;;
+  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway openssl) ;;
   e2e) extras="train,serve,dev"
-       apt_packages=(prometheus prometheus-pushgateway podman runc buildah debootstrap podman-compose) ;;
+       apt_packages=(prometheus prometheus-pushgateway openssl podman runc buildah debootstrap podman-compose) ;;
   *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;
 esac
 
