@@ -189,6 +189,9 @@ def publish(
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory))
     try:
+        # mkdtemp makes the directory private (0700); a published version must be readable by a
+        # reader running as another user (a serving container, TF Serving).
+        staging.chmod(0o755)
         write_payload(staging)
         if not (staging / SAVED_MODEL_FILE).is_file():
             raise ModelRepositoryError(f"the payload writer left no {SAVED_MODEL_FILE} in {staging}")

@@ -26,6 +26,7 @@ def test_publish_assigns_increasing_versions_and_stamps_metadata(tmp_path):
     assert modelrepo.read_metadata(p2).version == 2
     assert modelrepo.list_versions(tmp_path, "mnist") == [1, 2]
     assert modelrepo.list_models(tmp_path) == ["mnist"]
+    assert p2.stat().st_mode & 0o777 == 0o755  # readable by a serving process of another user
 
 
 def test_listing_ignores_staging_and_non_numeric_entries(tmp_path):
