@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         description="how long every partial batch waits for more requests before it runs (0: no fixed wait)",
     )
     busy_queue_delay_us: int = Field(
-        default=1000,
+        default=3000,
         ge=0,
         description="under concurrent traffic only, how long a partial batch may wait for more requests "
         "(a lone client never waits; 0: never)",
