@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from synthetic_mnist import synthetic_arrays
 
 from jobs import data
 
@@ -70,20 +70,8 @@ def gateway_samples(address: str, job: str = "mnist_tune") -> dict[str, float]:
 
 
 def write_tiny_mnist(directory: Path, train: int = 600, test: int = 200, seed: int = 0) -> Path:
-    """Ten noisy prototypes, one per digit, as real IDX files: learnable in an epoch or two."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.random((10, 28, 28)) < 0.25
-
-    def make(count: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(count) % 10
-        rng.shuffle(labels)
-        images = prototypes[labels] ^ (rng.random((count, 28, 28)) < 0.08)
-        return (images * 255).astype(np.uint8), labels.astype(np.uint8)
-
-    x_train, y_train = make(train)
-    x_test, y_test = make(test)
-    arrays = {"train_images": x_train, "train_labels": y_train, "test_images": x_test, "test_labels": y_test}
-    data.write_idx(directory, arrays)
+    """A small learnable MNIST (tests/synthetic_mnist.py) as real IDX files."""
+    data.write_idx(directory, synthetic_arrays(train, test, seed))
     return directory
 
 

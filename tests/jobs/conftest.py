@@ -4,27 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from synthetic_mnist import synthetic_arrays  # noqa: F401 (re-exported to the test modules)
 
 from jobs import data
-
-
-def synthetic_arrays(train: int, test: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Ten noisy prototypes (one per digit): learnable in a few epochs, unlike random noise."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.random((10, 28, 28)) < 0.25
-
-    def make(count: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(count) % 10
-        rng.shuffle(labels)
-        images = prototypes[labels] ^ (rng.random((count, 28, 28)) < 0.08)
-        return (images * 255).astype(np.uint8), labels.astype(np.uint8)
-
-    x_train, y_train = make(train)
-    x_test, y_test = make(test)
-    return {"train_images": x_train, "train_labels": y_train, "test_images": x_test, "test_labels": y_test}
 
 
 @pytest.fixture(scope="session")
