@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -186,101 +185,6 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
     return seconds
 
 
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow", "keras", "keras-tuner", "numpy", "pydantic"):
-        versions[package] = version(package)
-    return versions
-
-
-def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None) -> dict:
-    """The model to export, from the best trial (``final.mode``); see docs/tuning.md."""
-    import keras
-    import numpy as np
-
-    from jobs import tuners
-    from jobs.progress import EpochLogger, interactive
-    from jobs.search_space import build_mlp, model_values, one_hot
-
-    objective = config.tuner.objective
-    best = tuner.oracle.get_best_trials(1)
-    if not best:
-        raise SearchError("no trial completed: nothing to export")
-    best_trial = best[0]
-    values = model_values(best_trial.hyperparameters.values)
-    record = tuners.read_history(tuner, best_trial.trial_id)
-    trial_history = record["history"] if record else None
-    val_accuracy = (
-        float(best_trial.metrics.get_best_value("val_accuracy"))
-        if best_trial.metrics.exists("val_accuracy")
-        else None
-    )
-    best_epochs = tuners.best_epoch_count(record, objective) if record else config.trial_epochs()
-    if config.final.mode == "best_trial":
-        model = tuner.load_model(best_trial)
-        note = (
-            f"weights of trial {best_trial.trial_id} at its best epoch ({best_epochs}), trained on "
-            f"{config.search.train_subset or len(splits.x_train)} training examples; "
-            f"val_accuracy is that trial's best"
-        )
-        history = trial_history or {}
-    else:
-        epochs = best_epochs if config.final.epochs == "best" else int(config.final.epochs)
-        x, y = splits.train_and_val()
-        batch_size = int(values["batch_size"])
-        model = build_mlp(
-            values, int(np.ceil(len(x) / batch_size)), epochs, config.runtime.steps_per_execution
-        )
-        callbacks: list[keras.callbacks.Callback] = []
-        if progress is not None:
-            progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
-            callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
-        if config.runtime.tensorboard:
-            log_dir = output_paths(config)["report"] / "tensorboard" / "final"
-            callbacks.append(
-                keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
-            )
-        log.info("final fit: %d epochs on %d examples (train+validation)", epochs, len(x))
-        fit = model.fit(
-            x,
-            one_hot(y),
-            batch_size=batch_size,
-            epochs=epochs,
-            callbacks=callbacks,
-            # Keras Tuner's own display is off (it prints, and loses its state on a resume): our log
-            # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
-            verbose=0,
-        )
-        history = {
-            key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"
-        }
-        note = (
-            f"retrained from scratch on train+validation ({len(x)} examples) for {epochs} epochs "
-            f"({'the best trial best epoch count' if config.final.epochs == 'best' else 'final.epochs'}) "
-            f"with trial {best_trial.trial_id}'s hyperparameters; val_accuracy is that trial's best"
-        )
-    return {
-        "model": model,
-        "values": values,
-        "note": note,
-        "history": history,
-        "trial_history": trial_history,
-        "trial_epochs": record["epochs"] if record else None,
-        "val_accuracy": val_accuracy,
-        "best_trial": best_trial.trial_id,
-    }
-
-
-def score_on_test(model: Any, splits: Splits) -> float:
-    """Accuracy on the official test set: used once, for the final score."""
-    import numpy as np
-
-    probabilities = model.predict(splits.x_test, batch_size=2048, verbose=0)
-    return float(np.mean(np.argmax(probabilities, axis=-1) == splits.y_test))
-
-
 def finalize(
     tuner: kt.Tuner,
     config: JobConfig,
@@ -295,6 +199,7 @@ def finalize(
     import modelrepo
     from jobs import report, tuners
     from jobs.export import export_model
+    from jobs.final import final_model, library_versions, score_on_test
 
     paths = output_paths(config)
     chosen = final_model(tuner, config, splits, progress)
@@ -323,7 +228,7 @@ def finalize(
         history=chosen["history"],
         trials=trials,
         data_checksums=mnist.checksums,
-        library_versions=_library_versions(),
+        library_versions=library_versions(),
         config=config.model_dump(mode="json"),
         search_seconds=search_seconds,
         total_seconds=None if started is None else time.monotonic() - started,

@@ -1,0 +1,113 @@
+"""The final model from the best trial (``final.mode``: retrain or best_trial) and its one test score."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import TYPE_CHECKING, Any
+
+from jobs.config import JobConfig
+from jobs.tune import SearchError, output_paths
+
+if TYPE_CHECKING:
+    import keras_tuner as kt
+
+    from jobs.data import Splits
+    from jobs.progress import SearchProgress
+
+log = logging.getLogger("jobs.tune")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "keras-tuner", "numpy", "pydantic"):
+        versions[package] = version(package)
+    return versions
+
+
+def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None) -> dict:
+    """The model to export, from the best trial (``final.mode``); see docs/tuning.md."""
+    import keras
+    import numpy as np
+
+    from jobs import tuners
+    from jobs.progress import EpochLogger, interactive
+    from jobs.search_space import build_mlp, model_values, one_hot
+
+    objective = config.tuner.objective
+    best = tuner.oracle.get_best_trials(1)
+    if not best:
+        raise SearchError("no trial completed: nothing to export")
+    best_trial = best[0]
+    values = model_values(best_trial.hyperparameters.values)
+    record = tuners.read_history(tuner, best_trial.trial_id)
+    trial_history = record["history"] if record else None
+    val_accuracy = (
+        float(best_trial.metrics.get_best_value("val_accuracy"))
+        if best_trial.metrics.exists("val_accuracy")
+        else None
+    )
+    best_epochs = tuners.best_epoch_count(record, objective) if record else config.trial_epochs()
+    if config.final.mode == "best_trial":
+        model = tuner.load_model(best_trial)
+        note = (
+            f"weights of trial {best_trial.trial_id} at its best epoch ({best_epochs}), trained on "
+            f"{config.search.train_subset or len(splits.x_train)} training examples; "
+            f"val_accuracy is that trial's best"
+        )
+        history = trial_history or {}
+    else:
+        epochs = best_epochs if config.final.epochs == "best" else int(config.final.epochs)
+        x, y = splits.train_and_val()
+        batch_size = int(values["batch_size"])
+        model = build_mlp(
+            values, int(np.ceil(len(x) / batch_size)), epochs, config.runtime.steps_per_execution
+        )
+        callbacks: list[keras.callbacks.Callback] = []
+        if progress is not None:
+            progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
+            callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
+        if config.runtime.tensorboard:
+            log_dir = output_paths(config)["report"] / "tensorboard" / "final"
+            callbacks.append(
+                keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
+            )
+        log.info("final fit: %d epochs on %d examples (train+validation)", epochs, len(x))
+        fit = model.fit(
+            x,
+            one_hot(y),
+            batch_size=batch_size,
+            epochs=epochs,
+            callbacks=callbacks,
+            # Keras Tuner's own display is off (it prints, and loses its state on a resume): our log
+            # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
+            verbose=0,
+        )
+        history = {
+            key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"
+        }
+        note = (
+            f"retrained from scratch on train+validation ({len(x)} examples) for {epochs} epochs "
+            f"({'the best trial best epoch count' if config.final.epochs == 'best' else 'final.epochs'}) "
+            f"with trial {best_trial.trial_id}'s hyperparameters; val_accuracy is that trial's best"
+        )
+    return {
+        "model": model,
+        "values": values,
+        "note": note,
+        "history": history,
+        "trial_history": trial_history,
+        "trial_epochs": record["epochs"] if record else None,
+        "val_accuracy": val_accuracy,
+        "best_trial": best_trial.trial_id,
+    }
+
+
+def score_on_test(model: Any, splits: Splits) -> float:
+    """Accuracy on the official test set: used once, for the final score."""
+    import numpy as np
+
+    probabilities = model.predict(splits.x_test, batch_size=2048, verbose=0)
+    return float(np.mean(np.argmax(probabilities, axis=-1) == splits.y_test))
