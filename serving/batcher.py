@@ -61,6 +61,7 @@ class Batcher:
         # threads=0: call the model on the event loop's own thread (no hand-off, no GIL ping-pong)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model") if threads else None
         self._wakeup: asyncio.Event | None = None
+        self._filling = False  # a partial batch is waiting for more requests
         self._free = asyncio.Semaphore(max(threads, 1))
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -85,7 +86,10 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(model, images, future, time.perf_counter()))
         self._queued_images += count
-        self._wakeup.set()
+        # While a partial batch waits to fill, only a full batch ends the wait early: waking the
+        # batcher for every arriving request would cost a task switch per request.
+        if not self._filling or self._queued_images >= self._max_batch:
+            self._wakeup.set()
         return await future
 
     def drain(self) -> None:
@@ -134,15 +138,17 @@ class Batcher:
 
     async def _wait_for_batch(self, deadline: float) -> None:
         """Wait until the batch is full, the deadline passes or shutdown drains the queue."""
-        while self._queued_images < self._max_batch and not self._draining:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0 or self._queued_images >= self._max_batch or self._draining:
+            return
+        self._filling = True
+        self._wakeup.clear()
+        timer = asyncio.get_running_loop().call_later(remaining, self._wakeup.set)
+        try:
+            await self._wakeup.wait()  # set by the timer, a full batch, or drain()
+        finally:
+            timer.cancel()
+            self._filling = False
 
     def _take_batch(self) -> list[_Item]:
         """Oldest request first, then later ones for the same model version while they fit."""

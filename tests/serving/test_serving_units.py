@@ -105,6 +105,24 @@ def test_queue_delay_gathers_staggered_requests_into_one_call(model):
     assert metrics.registry.get_sample_value("digits_queue_wait_seconds_sum") > 0.3 * 3 - 0.1
 
 
+def test_a_full_batch_ends_the_queue_delay_early(model):
+    metrics = ServingMetrics()
+
+    async def main():
+        batcher = Batcher(metrics, max_batch_size=4, max_queue_delay=30.0)
+        batcher.start()
+        tasks = []
+        for _ in range(4):  # staggered: the first three wait, the fourth fills the batch
+            tasks.append(asyncio.create_task(batcher.predict(model, np.zeros((1, 28, 28), np.float32))))
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert metrics.registry.get_sample_value("digits_batch_size_count") == 1
+    assert metrics.registry.get_sample_value("digits_batch_size_sum") == 4
+
+
 def test_busy_delay_is_paid_only_under_concurrent_traffic(model):
     metrics = ServingMetrics()
     one = np.zeros((1, 28, 28), np.float32)
