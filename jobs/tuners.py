@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import keras_tuner as kt
+from keras_tuner.src import utils as kt_utils
 
 import modelrepo
 from jobs.config import JobConfig
@@ -21,6 +25,39 @@ from jobs.search_space import MlpHyperModel, model_values
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
+_keras_tuner_save_json = kt_utils.save_json
+
+
+def save_json_atomically(path: str | os.PathLike[str], obj: Any) -> str:
+    """Keras Tuner's ``save_json``, made atomic: a process killed mid-write leaves the previous file.
+
+    Keras Tuner rewrites its state (``oracle.json``, ``trial.json``, ``tuner0.json``) in place, so a
+    SIGKILL between the truncation and the end of the write leaves a file the next run cannot reload
+    and the resume fails. Here the JSON goes to a temporary file in the same directory, which is then
+    renamed over the old one (atomic on POSIX file systems, NFS included). Remote paths (``gs://``)
+    keep Keras Tuner's own writer.
+    """
+    path = os.fspath(path)
+    if "://" in path:
+        return _keras_tuner_save_json(path, obj)
+    text = json.dumps(obj)
+    descriptor, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            os.fchmod(file.fileno(), 0o644)  # as open() would create it: other pods may read it
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return text
+
+
+# Keras Tuner looks the function up on its utils module at every call (``utils.save_json(...)``).
+kt_utils.save_json = save_json_atomically
 
 
 class _SharedEpochLogger(EpochLogger):

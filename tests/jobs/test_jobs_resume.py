@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -104,6 +105,50 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
     assert len(after) == whole.trials == hyperband_budget(3, 3, 1)[0] == 6
     metadata = modelrepo.read_metadata(output / "models" / "mnist" / "1")
     assert len(metadata.trials) == len(after)
+
+
+def _save_cut_short(trial, path: Path, error: type[Exception]) -> None:
+    """Keras Tuner's own ``Trial.save``, with the write cut off past the old file's size (RLIMIT_FSIZE:
+    Python ignores SIGXFSZ, so the write fails with EFBIG after a partial write)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 16, hard))
+    try:
+        with pytest.raises(error):
+            trial.save(str(path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras_tuner as kt
+    import tensorflow as tf
+    from keras_tuner.src import utils as kt_utils
+
+    from jobs import tuners
+
+    hp = kt.HyperParameters()
+    hp.Fixed("units", 512)
+    trial = kt.engine.trial.Trial(hp.copy(), trial_id="7")
+    for name in [f"extra_{i}" for i in range(50)]:  # the next save is much longer than the first
+        trial.hyperparameters.Fixed(name, "x" * 20)
+
+    ours = tmp_path / "ours" / "trial.json"
+    ours.parent.mkdir()
+    kt.engine.trial.Trial(hp, trial_id="7").save(str(ours))
+    before = ours.read_text()
+    _save_cut_short(trial, ours, OSError)
+    assert ours.read_text() == before  # the previous state, whole
+    assert kt.engine.trial.Trial.load(str(ours)).hyperparameters.values == {"units": 512}
+    assert [path.name for path in ours.parent.iterdir()] == ["trial.json"]  # no temporary left
+
+    # Keras Tuner's own in-place writer, same cut: the file it leaves cannot be reloaded.
+    monkeypatch.setattr(kt_utils, "save_json", tuners._keras_tuner_save_json)
+    theirs = tmp_path / "theirs" / "trial.json"
+    theirs.parent.mkdir()
+    kt.engine.trial.Trial(hp, trial_id="7").save(str(theirs))
+    _save_cut_short(trial, theirs, tf.errors.OutOfRangeError)  # through tf.io.gfile
+    with pytest.raises(ValueError):  # json.JSONDecodeError
+        kt.engine.trial.Trial.load(str(theirs))
 
 
 def test_exit_code_3_for_bad_data(tmp_path: Path) -> None:
