@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import math
@@ -157,6 +158,17 @@ def create_tuner(
     tuner_id: str | None = None,
 ) -> kt.Tuner:
     """The tuner named by ``config.tuner``; reloads its state from ``directory/project_name`` if present."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # Keras Tuner print()s "Reloading Tuner from ..."
+        created = _construct(config, hypermodel, directory, project_name, tuner_id)
+    for line in printed.getvalue().splitlines():
+        log.info("keras-tuner: %s", line)  # into the job's log format, not a bare line on stdout
+    return created
+
+
+def _construct(
+    config: JobConfig, hypermodel: MlpHyperModel, directory: Path, project_name: str, tuner_id: str | None
+) -> kt.Tuner:
     tuner = config.tuner
     common: dict[str, Any] = {
         "hypermodel": hypermodel,

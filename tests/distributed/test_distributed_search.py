@@ -119,7 +119,7 @@ def test_a_killed_and_restarted_chief_finishes_the_search(search) -> None:
     restarted = search("chief")  # what the Job does: the same index, the same volume
     finish(*workers, restarted)
     assert_one_export_of_every_trial(search.output)
-    assert "Reloading Tuner" in restarted.log()
+    assert "INFO jobs.tuners: keras-tuner: Reloading Tuner from" in restarted.log()  # via logging
 
 
 def test_a_worker_without_a_chief_exits_6_within_its_connect_timeout(tmp_path: Path, data_dir: Path) -> None:
