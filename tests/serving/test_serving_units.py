@@ -87,17 +87,22 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_rows(model, thr
     assert metrics.registry.get_sample_value("digits_batch_size_sum") == sum(len(r) for r in requests)
 
 
+async def _submit_staggered(batcher: Batcher, model, count: int, gap: float) -> list[asyncio.Task]:
+    """``count`` single-image requests, ``gap`` seconds apart; returns their tasks (not awaited)."""
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(batcher.predict(model, np.zeros((1, 28, 28), np.float32))))
+        await asyncio.sleep(gap)
+    return tasks
+
+
 def test_queue_delay_gathers_staggered_requests_into_one_call(model):
     metrics = ServingMetrics()
 
     async def main():
         batcher = Batcher(metrics, max_batch_size=64, max_queue_delay=0.3)
         batcher.start()
-        tasks = []
-        for _ in range(3):
-            tasks.append(asyncio.create_task(batcher.predict(model, np.zeros((1, 28, 28), np.float32))))
-            await asyncio.sleep(0.02)
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*await _submit_staggered(batcher, model, count=3, gap=0.02))
         await batcher.close()
 
     asyncio.run(main())
@@ -111,10 +116,7 @@ def test_a_full_batch_ends_the_queue_delay_early(model):
     async def main():
         batcher = Batcher(metrics, max_batch_size=4, max_queue_delay=30.0)
         batcher.start()
-        tasks = []
-        for _ in range(4):  # staggered: the first three wait, the fourth fills the batch
-            tasks.append(asyncio.create_task(batcher.predict(model, np.zeros((1, 28, 28), np.float32))))
-            await asyncio.sleep(0.01)
+        tasks = await _submit_staggered(batcher, model, count=4, gap=0.01)  # the fourth fills the batch
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         await batcher.close()
 
