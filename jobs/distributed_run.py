@@ -51,6 +51,7 @@ class ChiefError(keras_tuner.errors.FatalError):
 
 # gRPC codes that mean "no chief to talk to" (retry the pod) rather than "the chief failed the call".
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+RETRY_PAUSE_SECONDS = 0.5  # between attempts of an oracle call cut off by a lost connection
 
 
 # --- worker ---------------------------------------------------------------------------------------------
@@ -71,29 +72,48 @@ def wait_for_chief(target: str, timeout: float) -> bool:
 class WorkerOracle:
     """Wraps Keras Tuner's ``OracleClient`` on a worker.
 
-    - a gRPC failure becomes :class:`ChiefUnreachableError`, so a lost chief stops the search instead of
-      being recorded as a failed trial (keras-team/keras-tuner#915);
+    - a call that was on the wire when the chief went away (UNAVAILABLE, e.g. "connection reset") is
+      sent again until ``rpc_timeout_seconds`` have passed, unless the volume says the search is done;
+      Keras Tuner's client sends with ``wait_for_ready``, so the next attempt waits for the restarted
+      chief (every oracle call is safe to repeat: the chief treats a second ``create_trial`` from the
+      same worker as a restart, ignores a result it already recorded, and a repeated metric adds the
+      same value at the same step);
+    - any other gRPC failure becomes :class:`ChiefUnreachableError`, so a lost chief stops the search
+      instead of being recorded as a failed trial (keras-team/keras-tuner#915);
     - an IDLE answer waits ``poll_seconds`` before the search loop asks again (it would spin otherwise);
     - while a trial runs, a heartbeat (a ``GetTrial`` call) tells the chief its worker is alive.
     """
 
-    def __init__(self, client: Any, settings: DistributedConfig) -> None:
+    def __init__(
+        self, client: Any, settings: DistributedConfig, search_done: Callable[[], bool] = lambda: False
+    ) -> None:
         self._client = client
         self._settings = settings
+        self._search_done = search_done
         self._beat_stop: threading.Event | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._client, name)(*args, **kwargs)
-        except grpc.RpcError as exc:
-            self._stop_heartbeat()
-            message = f"oracle call {name} failed: {exc.code()} {exc.details()}"
-            if exc.code() in _UNREACHABLE:
-                raise ChiefUnreachableError(message) from exc
-            raise ChiefError(message) from exc
+        give_up = time.monotonic() + self._settings.rpc_timeout_seconds
+        while True:
+            try:
+                return getattr(self._client, name)(*args, **kwargs)
+            except grpc.RpcError as exc:
+                if (
+                    exc.code() is grpc.StatusCode.UNAVAILABLE
+                    and time.monotonic() < give_up
+                    and not self._search_done()
+                ):
+                    log.warning("oracle call %s: chief unavailable (%s); sending again", name, exc.details())
+                    time.sleep(RETRY_PAUSE_SECONDS)
+                    continue
+                self._stop_heartbeat()
+                message = f"oracle call {name} failed: {exc.code()} {exc.details()}"
+                if exc.code() in _UNREACHABLE:
+                    raise ChiefUnreachableError(message) from exc
+                raise ChiefError(message) from exc
 
     def create_trial(self, tuner_id: str) -> Any:
         trial = self._call("create_trial", tuner_id)
@@ -167,7 +187,9 @@ def run_worker(tuner: Any, search: Callable[[], object], role: Role, settings: D
     # Keras Tuner waits up to this module constant (60 min) on every oracle call and takes no argument
     # for it; a worker must give up sooner so that the Job restarts it (keras-team/keras-tuner#990).
     oracle_client.TIMEOUT = settings.rpc_timeout_seconds
-    tuner.oracle = WorkerOracle(tuner.oracle, settings)
+    tuner.oracle = WorkerOracle(
+        tuner.oracle, settings, lambda: search_marked_done(project_dir, settings.run_id)
+    )
     log.info("worker %s connected to chief %s", role.tuner_id, role.target)
     try:
         search()
@@ -235,6 +257,12 @@ def _take_back(oracle: Any, tuner_id: str, leases: _Leases, max_losses: int, rea
 @keras_tuner.synchronized
 def _accept_result(oracle: Any, trial: Any, leases: _Leases) -> None:
     """Record a worker's result; if its trial had been re-queued meanwhile, it need not run again."""
+    recorded = oracle.trials.get(trial.trial_id)
+    if recorded is not None and _finished(recorded) and recorded.status == trial.status:
+        # The same result sent again (the worker's first EndTrial was cut off by a chief restart).
+        leases.last_seen.pop(trial.trial_id, None)
+        log.info("trial %s: %s already recorded", trial.trial_id, trial.status)
+        return
     if trial.trial_id in oracle._retry_queue:
         oracle._retry_queue.remove(trial.trial_id)
     oracle.end_trial(trial)

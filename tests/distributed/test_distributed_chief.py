@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import keras_tuner as kt
 import pytest
 from keras_tuner.src.distribute import oracle_client
 
+from jobs import distributed_run
 from jobs.distributed import DistributedConfig, DistributedError, Role, read_done_marker, write_done_marker
 from jobs.distributed_run import (
     ChiefError,
@@ -199,6 +201,60 @@ def test_a_lost_chief_mid_search_is_a_fatal_keras_tuner_error(tmp_path, monkeypa
     with pytest.raises(ChiefUnreachableError) as caught:
         worker.update_trial(trial.trial_id, {"score": 1.0})
     assert isinstance(caught.value, kt.errors.FatalError)  # Keras Tuner re-raises it: no failed trial
+
+
+class _Unavailable(grpc.RpcError):
+    """What a call on the wire gets when the chief's connection resets (cannot be staged on demand)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "Stream removed (recvmsg:Connection reset by peer)"
+
+
+class _FlakyClient:
+    """Stands in for Keras Tuner's OracleClient: ``get_space`` fails ``failures`` times, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def get_space(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise _Unavailable()
+        return "space"
+
+
+def test_a_call_cut_off_by_a_lost_connection_is_sent_again(monkeypatch) -> None:
+    monkeypatch.setattr(distributed_run, "RETRY_PAUSE_SECONDS", 0.01)
+    client = _FlakyClient(failures=2)
+    assert WorkerOracle(client, FAST).get_space() == "space"
+    assert client.calls == 3
+
+
+def test_a_call_cut_off_is_not_retried_past_the_rpc_timeout_or_a_finished_search(monkeypatch) -> None:
+    monkeypatch.setattr(distributed_run, "RETRY_PAUSE_SECONDS", 0.01)
+    settings = FAST.model_copy(update={"rpc_timeout_seconds": 0.3})
+    started = time.monotonic()
+    with pytest.raises(ChiefUnreachableError, match="UNAVAILABLE"):
+        WorkerOracle(_FlakyClient(failures=10**6), settings).get_space()
+    assert 0.3 <= time.monotonic() - started < 2
+    client = _FlakyClient(failures=10**6)
+    with pytest.raises(ChiefUnreachableError):
+        WorkerOracle(client, FAST, search_done=lambda: True).get_space()
+    assert client.calls == 1  # the volume says the search is over: no point waiting for a chief
+
+
+def test_a_result_sent_again_is_recorded_once(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=2)
+    worker = cluster.worker("tuner1")
+    trial = worker.create_trial("tuner1")
+    complete(worker, trial, score=0.7)
+    worker.end_trial(trial)  # the same EndTrial again, as after a cut-off call
+    assert cluster.oracle.end_order.count(trial.trial_id) == 1
+    assert cluster.oracle.trials[trial.trial_id].score == 0.7
+    cluster.server.stop(drain=False)
 
 
 def test_restarted_chief_keeps_running_trials_and_exports_once(tmp_path, monkeypatch) -> None:
