@@ -12,7 +12,8 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 DOCKERFILES = ("Dockerfile.serve", "Dockerfile.train")
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 

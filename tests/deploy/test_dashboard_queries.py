@@ -11,10 +11,8 @@ import math
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -23,10 +21,11 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from deploy_tools import require_tools
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, free_port, wait_for
+from tests.support.tools import require_tools
+
 DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "digits.json"
 RULES = REPO / "monitoring" / "rules" / "digits-alerts.yml"
 # Grafana's template variables, as Grafana would expand them for "All" and a short time range.
@@ -38,29 +37,9 @@ def _tools():
     require_tools("prometheus", "prometheus-pushgateway")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http_json(url: str, timeout: float = 5.0) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.load(response)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the process is still starting
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})")
 
 
 def panel_queries() -> list[tuple[str, str]]:

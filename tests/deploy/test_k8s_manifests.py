@@ -9,9 +9,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_tools import require_tools
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+from tests.support.tools import require_tools
+
 K8S = REPO / "k8s"
 VERSIONS = ("1.30.0", "1.37.0")
 # Prometheus Operator kinds: kubernetes-validate ships only the core schemas, so these are checked by

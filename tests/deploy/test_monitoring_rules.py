@@ -6,9 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_tools import require_tools
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+from tests.support.tools import require_tools
+
 MONITORING = REPO / "monitoring"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dist_helpers import free_port, gateway_samples, pushgateway
 
 from jobs.pushmetrics import ProgressPusher, Snapshot
+from tests.support import free_port
+from tests.support.distributed import gateway_samples, pushgateway
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from dist_helpers import (
+
+import modelrepo
+from tests.support.distributed import (
     JobProcess,
     free_port,
     gateway_samples,
@@ -19,8 +21,6 @@ from dist_helpers import (
     write_search_config,
     write_tiny_mnist,
 )
-
-import modelrepo
 
 TRIALS = 4
 TIMEOUT = 240  # seconds for a whole search; a healthy one takes about a minute here

@@ -10,8 +10,7 @@ import pytest
 
 from jobs import config as cfg
 from jobs.config import ConfigError, FloatRange, IntRange, load_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 @pytest.mark.parametrize("preset", cfg.PRESETS)

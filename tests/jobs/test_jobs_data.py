@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_arrays
 
 from jobs import data
 from jobs.data import DataError
+from tests.support.mnist import synthetic_arrays
 
 
 @pytest.fixture

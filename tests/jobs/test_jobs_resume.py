@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_config
 
 import modelrepo
 from jobs import config as cfg
 from jobs import tune
 from jobs.progress import hyperband_budget
+from tests.support import REPO
+from tests.support.jobs import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
 HYPERBAND = {"kind": "hyperband", "max_epochs": 3, "factor": 3}
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_arrays, tiny_config
 
 import modelrepo
 from jobs import config as cfg
 from jobs import tune
 from jobs.progress import hyperband_budget
 from jobs.search_space import MlpHyperModel
+from tests.support.jobs import tiny_config
+from tests.support.mnist import synthetic_arrays
 
 
 def _config(tmp: Path, data_dir: Path, **sections: dict) -> cfg.JobConfig:

@@ -7,20 +7,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import ServerThread, build_model, metadata, mnist_dir, publish_copy, wait_serving
 
 from serving.settings import Settings
+from tests.support.mnist import synthetic_arrays
+from tests.support.serving import ServerThread, build_model, metadata, publish_copy, wait_serving
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two exported versions: ``trained`` (fitted on 3000 MNIST images) and ``random`` (random weights)."""
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small learnable MNIST look-alike (``tests/support/mnist.py``) as real gzipped IDX files."""
+    from jobs.data import write_idx
+
+    directory = tmp_path_factory.mktemp("digits")
+    write_idx(directory, synthetic_arrays(3000, 200), compress=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) -> dict[str, Path]:
+    """Two exported versions: ``trained`` (fitted on 3000 synthetic digits), ``random`` (random weights)."""
     from jobs.export import export_model
     from serving.client import read_idx
 
     root = tmp_path_factory.mktemp("exported")
-    images = read_idx(mnist_dir() / "train-images-idx3-ubyte.gz")[:3000].astype(np.float32)
-    labels = read_idx(mnist_dir() / "train-labels-idx1-ubyte.gz")[:3000]
+    images = read_idx(digits_dir / "train-images-idx3-ubyte.gz").astype(np.float32)
+    labels = read_idx(digits_dir / "train-labels-idx1-ubyte.gz")
     trained = build_model(seed=1)
     trained.fit(images, labels, epochs=3, batch_size=64, verbose=0)
     _, trained_path = export_model(trained, root / "trained", metadata(val_accuracy=0.88))

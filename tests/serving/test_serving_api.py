@@ -6,7 +6,6 @@ import concurrent.futures
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -14,14 +13,6 @@ import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serving_helpers import (
-    failing_fn,
-    fixed_rows_fn,
-    mnist_dir,
-    publish_copy,
-    publish_tf_module,
-    wait_serving,
-)
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -33,8 +24,15 @@ import modelrepo
 from digits.v1 import digits_pb2, digits_pb2_grpc
 from serving import errors
 from serving.client import read_idx
+from tests.support import REPO
+from tests.support.serving import (
+    failing_fn,
+    fixed_rows_fn,
+    publish_copy,
+    publish_tf_module,
+    wait_serving,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 OK, INVALID, NOT_FOUND, EXHAUSTED, UNAVAILABLE, INTERNAL = (
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -46,9 +44,9 @@ OK, INVALID, NOT_FOUND, EXHAUSTED, UNAVAILABLE, INTERNAL = (
 
 
 @pytest.fixture(scope="module")
-def test_images() -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(mnist_dir() / "t10k-images-idx3-ubyte.gz")[:200]
-    labels = read_idx(mnist_dir() / "t10k-labels-idx1-ubyte.gz")[:200]
+def test_images(digits_dir) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(digits_dir / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(digits_dir / "t10k-labels-idx1-ubyte.gz")
     return images, labels
 
 
@@ -397,14 +395,14 @@ def run_client(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
-def test_client_cli_classifies_idx_png_and_npy(served, test_images, tmp_path):
+def test_client_cli_classifies_idx_png_and_npy(served, test_images, digits_dir, tmp_path):
     from PIL import Image
 
     images, labels = test_images
     Image.fromarray(images[0]).save(tmp_path / "zero.png")
     np.save(tmp_path / "batch.npy", images[1:4].astype(np.float32))
-    idx_images = str(mnist_dir() / "t10k-images-idx3-ubyte.gz")
-    idx_labels = str(mnist_dir() / "t10k-labels-idx1-ubyte.gz")
+    idx_images = str(digits_dir / "t10k-images-idx3-ubyte.gz")
+    idx_labels = str(digits_dir / "t10k-labels-idx1-ubyte.gz")
     png, npy = str(tmp_path / "zero.png"), str(tmp_path / "batch.npy")
     result = run_client(
         "--target", served.target, "--idx", idx_images, "--count", "100", "--labels", idx_labels, png, npy

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -16,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from digits.v1 import digits_pb2, digits_pb2_grpc
+from tests.support import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -57,12 +57,6 @@ def test_metrics_after_traffic(served):
     assert predicted == 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _api(port: int, path: str, **params: str) -> dict:
     url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     return json.loads(urllib.request.urlopen(url, timeout=5).read())
@@ -83,7 +77,7 @@ def _poll(check, timeout: float = 60.0):
 def test_real_prometheus_scrapes_the_service(served, tmp_path):
     binary = shutil.which("prometheus")
     assert binary, "the prometheus binary is required (Debian package prometheus; scripts/setup.sh dev)"
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"

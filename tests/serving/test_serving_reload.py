@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,12 +17,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import publish_copy, publish_tf_module, wait_serving, wrong_signature_fn
 
 import modelrepo
 from digits.v1 import digits_pb2, digits_pb2_grpc
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, free_port, wait_for
+from tests.support.serving import publish_copy, publish_tf_module, wait_serving, wrong_signature_fn
 
 
 class Load:
@@ -55,14 +53,6 @@ class Load:
             thread.join(60)
         self._channel.close()
         return self.results
-
-
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _publish_raw(root: Path, version: int, fill) -> Path:
@@ -108,13 +98,13 @@ def test_hot_reload_under_load_skips_bad_versions(start_server, exported, tmp_pa
             (staging / modelrepo.METADATA_FILE).write_text('{"model_name": "mnist", "tuner": 3}')
 
         _publish_raw(root, 4, bad_metadata)
-        _wait_for(lambda: loads("failure") == 3, what="three failed loads")
+        wait_for(lambda: loads("failure") == 3, what="three failed loads")
         assert loaded_version() == 1
         # 5: half-written by a careless copier (no saved_model.pb yet), completed a moment later
         half = _publish_raw(
             root, 5, lambda staging: shutil.copy(exported["trained"] / "metadata.json", staging)
         )
-        _wait_for(lambda: loads("failure") == 4, what="the half-written version to fail")
+        wait_for(lambda: loads("failure") == 4, what="the half-written version to fail")
         time.sleep(0.5)  # several polls: failed versions whose files did not change are not retried
         assert loads("failure") == 4 and loaded_version() == 1
         for entry in exported["trained"].iterdir():
@@ -122,7 +112,7 @@ def test_hot_reload_under_load_skips_bad_versions(start_server, exported, tmp_pa
                 shutil.copytree(entry, half / entry.name)
             elif entry.name != modelrepo.METADATA_FILE:
                 shutil.copy(entry, half / entry.name)
-        _wait_for(lambda: loaded_version() == 5, what="version 5 to load")
+        wait_for(lambda: loaded_version() == 5, what="version 5 to load")
         time.sleep(0.5)  # keep the load running on the new version
     finally:
         results = load.stop()
@@ -133,12 +123,6 @@ def test_hot_reload_under_load_skips_bad_versions(start_server, exported, tmp_pa
     versions = {version for _, version in results}
     assert versions == {1, 5}, results
     assert results[("OK", 5)] > 0 and results[("OK", 1)] > 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _metric(port: int, name: str) -> float | None:
@@ -154,7 +138,7 @@ def _metric(port: int, name: str) -> float | None:
 def test_sigterm_finishes_inflight_requests(exported, tmp_path):
     root = tmp_path / "models"
     publish_copy(exported["random"], root)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DIGITS_METRICS_PORT": str(metrics_port)}
     # A 30 s batching delay holds every request in the queue until SIGTERM drains it.
     process = subprocess.Popen(
@@ -165,7 +149,7 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
     )  # fmt: skip
     try:
         target = f"127.0.0.1:{port}"
-        _wait_for(lambda: process.poll() is None and _serving(target), timeout=120, what="the server")
+        wait_for(lambda: process.poll() is None and _serving(target), timeout=120, what="the server")
         channel = grpc.insecure_channel(target)
         stub = digits_pb2_grpc.DigitClassifierStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
@@ -174,7 +158,7 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
         held = [
             stub.Predict.future(digits_pb2.PredictRequest(uint8_pixels=bytes(784 * n))) for n in range(1, 9)
         ]
-        _wait_for(
+        wait_for(
             # 8 held requests + one blocked request per load client
             lambda: (_metric(metrics_port, "digits_inflight_requests") or 0) >= 10,
             what="in-flight requests",

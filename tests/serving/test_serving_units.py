@@ -16,8 +16,7 @@ from serving.errors import Overloaded
 from serving.metrics import ServingMetrics
 from serving.model_store import load_version
 from serving.settings import Settings, parse_settings
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_committed_generated_code_matches_the_proto(tmp_path):

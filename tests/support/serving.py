@@ -60,14 +60,6 @@ def publish_copy(source: Path, root: Path, name: str = "mnist") -> tuple[int, Pa
     return modelrepo.publish(root, meta, write)
 
 
-def mnist_dir() -> Path:
-    import os
-
-    return Path(
-        os.environ.get("MNIST_DATA_DIR", Path(__file__).resolve().parents[3] / "shared/datasets/mnist")
-    )
-
-
 class ServerThread:
     """A real server on port 0, run by its own event loop in a background thread."""
 

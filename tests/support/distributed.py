@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,12 @@ from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from synthetic_mnist import synthetic_arrays
 
 from jobs import data
+from tests.support import REPO, free_port
+from tests.support.mnist import synthetic_arrays
 
-REPO = Path(__file__).resolve().parents[2]
 PUSHGATEWAY = "prometheus-pushgateway"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -70,7 +63,7 @@ def gateway_samples(address: str, job: str = "mnist_tune") -> dict[str, float]:
 
 
 def write_tiny_mnist(directory: Path, train: int = 600, test: int = 200, seed: int = 0) -> Path:
-    """A small learnable MNIST (tests/synthetic_mnist.py) as real IDX files."""
+    """A small learnable MNIST (tests/support/mnist.py) as real IDX files."""
     data.write_idx(directory, synthetic_arrays(train, test, seed))
     return directory
 
