@@ -107,7 +107,7 @@ def test_compose_mnist_override() -> None:
     template = (REPO / "compose.mnist.yaml").read_text()
     with pytest.raises(ValueError, match="MNIST_DATA_DIR"):
         interpolate(template, {})
-    text = interpolate(template, {"MNIST_DATA_DIR": "/work/shared/datasets/mnist"})
+    text = interpolate(template, {"MNIST_DATA_DIR": "/srv/mnist"})
     PyCompose.from_yaml(text)
     tune = yaml.safe_load(text)["services"]["tune"]
     assert tune["environment"]["MNIST_DATA_DIR"] == tune["volumes"][0]["target"] == "/data/mnist"
