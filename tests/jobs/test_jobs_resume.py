@@ -15,7 +15,7 @@ import pytest
 
 import modelrepo
 from jobs import config as cfg
-from jobs import tune
+from jobs import pipeline
 from jobs.progress import hyperband_budget
 from tests.support import REPO
 from tests.support.jobs import tiny_config, write_config
@@ -101,7 +101,7 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
             tiny_config(tmp_path / "whole", synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
         )
     )
-    whole = tune.run(uninterrupted)
+    whole = pipeline.run(uninterrupted)
     assert len(after) == whole.trials == hyperband_budget(3, 3, 1)[0] == 6
     metadata = modelrepo.read_metadata(output / "models" / "mnist" / "1")
     assert len(metadata.trials) == len(after)
@@ -124,8 +124,9 @@ def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pyt
     import tensorflow as tf
     from keras_tuner.src import utils as kt_utils
 
-    from jobs import tuners
+    from jobs import kt_compat
 
+    kt_compat.install_atomic_save_json()  # as building a tuner does
     hp = kt.HyperParameters()
     hp.Fixed("units", 512)
     trial = kt.engine.trial.Trial(hp.copy(), trial_id="7")
@@ -142,7 +143,7 @@ def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pyt
     assert [path.name for path in ours.parent.iterdir()] == ["trial.json"]  # no temporary left
 
     # Keras Tuner's own in-place writer, same cut: the file it leaves cannot be reloaded.
-    monkeypatch.setattr(kt_utils, "save_json", tuners._keras_tuner_save_json)
+    monkeypatch.setattr(kt_utils, "save_json", kt_compat.keras_tuner_save_json)
     theirs = tmp_path / "theirs" / "trial.json"
     theirs.parent.mkdir()
     kt.engine.trial.Trial(hp, trial_id="7").save(str(theirs))
