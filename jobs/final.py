@@ -45,7 +45,8 @@ def final_model(
     from jobs.search_space import build_mlp, model_values, one_hot
 
     objective = config.tuner.objective
-    best = tuner.oracle.get_best_trials(1)
+    # Keras Tuner pads the best trials with failed ones when too few completed: keep completed ones only.
+    best = [trial for trial in tuner.oracle.get_best_trials(1) if trial.status == "COMPLETED"]
     if not best:
         raise SearchError("no trial completed: nothing to export")
     best_trial = best[0]

@@ -31,6 +31,7 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("keras_tuner.src.protos", "get_service_grpc"),
     ("keras_tuner.src.engine.trial", "Trial"),
     ("keras_tuner.src.engine.trial", "TrialStatus"),
+    ("keras_tuner.src.config", "DEBUG"),  # True: every failed trial's traceback is printed to stderr
 )
 ORACLE_ATTRIBUTES = ("_retry_queue", "ongoing_trials", "trials", "end_order", "tuner_ids", "verbose")
 
@@ -131,6 +132,14 @@ def install_atomic_save_json() -> None:
     # Keras Tuner looks the function up on its utils module at every call (``utils.save_json(...)``).
     utils.save_json = save_json_atomically
     log.debug("Keras Tuner state files are written atomically")
+
+
+def quiet_failed_trials() -> None:
+    """Keep failed trials' tracebacks out of stderr (Keras Tuner prints them while ``config.DEBUG``); the
+    job logs each failure's last line, and the whole traceback stays in the trial's ``trial.json``."""
+    from keras_tuner.src import config
+
+    config.DEBUG = False
 
 
 def uninstall_atomic_save_json() -> None:

@@ -129,15 +129,15 @@ def run(config: JobConfig, tuner_id: str | None = None, export_again: bool = Fal
 
     Returns None when this search had already exported (a rerun, or a retried pod): no second version.
     """
-    from jobs.progress import SearchProgress
-    from jobs.pushmetrics import ProgressPusher, ProgressWatcher
-
     kt_compat.check_version()
     if already_exported(config, export_again) is not None:
         return None
     started = time.monotonic()
+    mnist, splits = load_data(config)  # before TensorFlow loads: bad data fails in a second
     setup_runtime(config)
-    mnist, splits = load_data(config)
+    from jobs.progress import SearchProgress
+    from jobs.pushmetrics import ProgressPusher, ProgressWatcher
+
     pusher = ProgressPusher(config.runtime.pushgateway)
     progress = SearchProgress(config)
     tuner = build_tuner(config, splits, tuner_id, progress)
@@ -152,10 +152,7 @@ def run(config: JobConfig, tuner_id: str | None = None, export_again: bool = Fal
 
 def run_role(config: JobConfig, role: Role, export_again: bool = False) -> FinalResult | None:
     """Chief or worker of a distributed search (docs/distributed.md); None if this process exports nothing."""
-    from jobs.distributed import chief, worker
     from jobs.distributed.roles import apply_role, write_done_marker
-    from jobs.progress import SearchProgress
-    from jobs.pushmetrics import ProgressPusher
 
     kt_compat.check_version()
     apply_role(role)  # Keras Tuner reads KERASTUNER_* when the tuner is built
@@ -164,8 +161,12 @@ def run_role(config: JobConfig, role: Role, export_again: bool = False) -> Final
         write_done_marker(output_paths(config).tuner, config.distributed.run_id, finalized=True)
         return None
     started = time.monotonic()
-    setup_runtime(config)
     mnist, splits = load_data(config)
+    setup_runtime(config)
+    from jobs.distributed import chief, worker
+    from jobs.progress import SearchProgress
+    from jobs.pushmetrics import ProgressPusher
+
     progress = SearchProgress(config)
     if role.kind == "worker":
         # A worker's oracle lives on the chief: no resume accounting here, only per-epoch logging.

@@ -80,6 +80,7 @@ class JobTunerMixin:
         if failed:
             last_line = (ended.message or "").strip().splitlines()[-1:] or ["no message"]
             log.warning("trial %s %s: %s", trial.trial_id, ended.status, last_line[0])
+            log.debug("trial %s: %s", trial.trial_id, ended.message)  # the whole traceback
         else:
             log.info(
                 "trial %s done: %s=%.4f (best %s) trials %s elapsed %s eta %s",
@@ -124,10 +125,12 @@ def create_tuner(
 ) -> kt.Tuner:
     """The tuner named by ``config.tuner``; reloads its state from ``directory/project_name`` if present.
 
-    Checks the Keras Tuner internals the job relies on, and makes its state writes atomic, first.
+    Checks the Keras Tuner internals the job relies on, makes its state writes atomic and keeps failed
+    trials' tracebacks out of stderr, first.
     """
     kt_compat.check()
     kt_compat.install_atomic_save_json()
+    kt_compat.quiet_failed_trials()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # Keras Tuner print()s "Reloading Tuner from ..."
         created = _construct(config, hypermodel, directory, project_name, tuner_id)

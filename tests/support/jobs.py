@@ -45,9 +45,9 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """The environment for a job subprocess: no TUNE_*/MNIST_* from the caller, quiet TensorFlow, no GPU."""
+    """The environment for a job subprocess: no TUNE_*/MNIST_* from the caller, quiet TensorFlow."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TUNE_", "MNIST_"))}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     env.update(extra)
     return env
 
@@ -81,3 +81,37 @@ def failing_trials_env(directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sitecustomize.py").write_text(FAILING_TRIALS)
     return job_env(PYTHONPATH=f"{directory}{os.pathsep}{REPO}")
+
+
+def run_in_terminal(command: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run ``command`` with stdout and stderr on a pseudo-terminal, as a user at a shell would; returns the
+    exit code and everything the terminal showed."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)  # the child holds it now; reads end with EIO once the child exits
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif process.poll() is not None:
+                break
+        else:
+            process.kill()
+            raise AssertionError(f"{command} did not finish in {timeout} s")
+        code = process.wait(timeout=30)
+    finally:
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", errors="replace")
