@@ -1,7 +1,5 @@
-"""The command line of the tuning job: arguments, logging, and the one place errors become exit codes.
-
-TensorFlow is imported only after the configuration is valid (a bad config fails in a second).
-"""
+"""The tuning job's command line: arguments, logging, and the one place errors become exit codes
+(TensorFlow is imported only after the configuration is valid)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The job's errors and exit codes: one table, read by the CLI, the docs test and the Job's podFailurePolicy.
-
-Each error class carries its exit code; :func:`jobs.cli.main` maps a :class:`JobError` to it in one place.
-"""
+"""The job's errors and exit codes: one table (read by the CLI, the docs test, the Job's podFailurePolicy);
+each error class carries its code and :func:`jobs.cli.main` maps them in one place."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Every place the job reaches into Keras Tuner beyond its public API, checked against the pinned version.
-
-On a keras-tuner upgrade, re-check what :data:`RELIED_ON` lists against the new source (``engine/oracle.py``,
-``distribute/oracle_client.py``, ``distribute/oracle_chief.py``, ``utils.py``), then raise
-:data:`PINNED_VERSION`; ``tests/jobs/test_jobs_kt_compat.py`` fails while an attribute is missing.
-"""
+"""Every place the job reaches into Keras Tuner beyond its public API, checked against the pinned version
+(on an upgrade: re-check :data:`RELIED_ON` in the new source, then raise :data:`PINNED_VERSION`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Where the job writes (the output folder, the search's export record) and how TensorFlow is set up.
-
-Light to import: TensorFlow is imported only inside :func:`setup_runtime`.
-"""
+"""Where the job writes (the output folder, the search's export record) and how TensorFlow is set up
+(imported only inside :func:`setup_runtime`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The search step: the configured tuner on ``<output>/tuner`` (resumed if it exists) and its run.
-
-Light to import: Keras Tuner and TensorFlow load inside the functions.
-"""
+"""The search step: the configured tuner on ``<output>/tuner`` (resumed if it exists) and its run
+(Keras Tuner and TensorFlow load inside the functions)."""
 
 from __future__ import annotations
 

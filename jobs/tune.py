@@ -1,8 +1,5 @@
-"""The tuning job's entry point: ``python -m jobs.tune --preset {seed,default,smoke} [...]`` (docs/tuning.md).
-
-The command line is :mod:`jobs.cli`; the steps are :mod:`jobs.pipeline` (config -> data -> search -> final
-fit -> export). The names below stay importable from here for scripts such as ``bench/tune_bench.py``.
-"""
+"""``python -m jobs.tune`` (docs/tuning.md): the entry point over :mod:`jobs.cli`; the step functions stay
+importable from here for scripts such as ``bench/tune_bench.py``."""
 
 from __future__ import annotations
 

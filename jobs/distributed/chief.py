@@ -1,9 +1,5 @@
-"""The chief of a distributed search: Keras Tuner's oracle over gRPC, plus leases on running trials
-(heartbeats, restarted workers, a restarted chief) and a main loop that bounds every wait.
-
-Built on Keras Tuner's own servicer; what it changes and why is in docs/distributed.md. The lease
-logic reads time from an injectable ``clock`` so that tests can drive it.
-"""
+"""The chief of a distributed search: Keras Tuner's oracle over gRPC plus leases on running trials, on an
+injectable clock (docs/distributed.md says what it changes in Keras Tuner and why)."""
 
 from __future__ import annotations
 
