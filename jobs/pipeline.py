@@ -116,7 +116,8 @@ def already_exported(config: JobConfig, export_again: bool) -> ExportRecord | No
         )
         return None
     log.info(
-        "this search already exported %s version %d (%s); nothing to do (--export-again to publish anew)",
+        "this search already exported %s version %d (%s); nothing to do (--export-again publishes anew; "
+        "a new search needs another --output)",
         record.model_name,
         record.version,
         record.path,
