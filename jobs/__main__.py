@@ -2,6 +2,6 @@
 
 import sys
 
-from jobs.tune import main
+from jobs.cli import main
 
 sys.exit(main())

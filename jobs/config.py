@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from jobs.distributed import DistributedConfig  # light: pydantic only
+from jobs.distributed.roles import DistributedConfig  # light: pydantic only
+from jobs.errors import ConfigError
 
 PRESETS = ("seed", "default", "smoke")
 DEFAULT_PRESET = "default"
@@ -38,10 +39,6 @@ ENV_FIXED = {
     "MNIST_DATA_DIR": ("data", "dir"),
 }
 ENV_NOT_FIELDS = {"TUNE_PRESET", "TUNE_CONFIG"}
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the field and what is allowed."""
 
 
 class _Strict(BaseModel):

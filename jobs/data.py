@@ -15,8 +15,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from jobs.errors import DataError
+
+if TYPE_CHECKING:
+    from jobs.config import JobConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +41,6 @@ IDX_FILES = {
 NPZ_FILE = "mnist.npz"
 KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
-
-
-class DataError(Exception):
-    """The data is missing, malformed or inconsistent; the message names the file."""
 
 
 @dataclass
@@ -233,11 +235,17 @@ def load_mnist(directory: str | Path | None, cache_dir: str | None = None) -> Mn
         path = download(cache_dir)
         log.info("using downloaded %s", path)
         return load_npz(path)
+    if not str(directory).strip():
+        raise DataError("the data directory is an empty string; unset it to download MNIST through Keras")
     directory = Path(directory)
     if directory.is_file():
         return load_npz(directory)
     if not directory.is_dir():
-        raise DataError(f"{directory}: no such data directory")
+        # Never a silent download: a folder that was named but is missing is a mistake to report.
+        raise DataError(
+            f"{directory}: no such data directory (from --data-dir, MNIST_DATA_DIR or data.dir; "
+            "leave all three unset to download MNIST through Keras)"
+        )
     if _find(directory, IDX_FILES["train_images"]) is None and (directory / NPZ_FILE).is_file():
         return load_npz(directory / NPZ_FILE)
     return load_idx_dir(directory)
@@ -262,6 +270,27 @@ def split(mnist: Mnist, validation_size: int, seed: int) -> Splits:
         x_test=mnist.x_test.astype(np.float32),
         y_test=mnist.y_test.astype(np.int32),
     )
+
+
+def load_data(config: JobConfig) -> tuple[Mnist, Splits]:
+    """MNIST from ``config.data`` and its splits; checks ``search.train_subset`` against the real size."""
+    mnist = load_mnist(config.data.dir, config.data.cache_dir)
+    splits = split(mnist, config.data.validation_size, config.seed)
+    subset = config.search.train_subset
+    if subset is not None and subset > len(splits.x_train):
+        raise DataError(
+            f"{mnist.source}: search.train_subset {subset} exceeds the "
+            f"{len(splits.x_train)} training examples"
+        )
+    log.info(
+        "data from %s: %d train (%s used by trials), %d validation, %d test",
+        mnist.source,
+        len(splits.x_train),
+        subset or "all",
+        len(splits.x_val),
+        len(splits.x_test),
+    )
+    return mnist, splits
 
 
 def write_idx(directory: Path, mnist_arrays: dict[str, np.ndarray], compress: bool = False) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import platform
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.config import JobConfig
-from jobs.tune import SearchError, output_paths
+from jobs.errors import SearchError
+from jobs.runtime import output_paths
 
 if TYPE_CHECKING:
     import keras_tuner as kt
@@ -18,16 +19,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobs.tune")
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import version
+@dataclass
+class FinalModel:
+    """The model to export and what the report and the metadata say about it."""
 
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow", "keras", "keras-tuner", "numpy", "pydantic"):
-        versions[package] = version(package)
-    return versions
+    model: Any  # keras.Model
+    values: dict[str, Any]  # the best trial's model hyperparameters
+    note: str  # how the model was made (metadata ``final_model_note``)
+    history: dict[str, list[float]]  # the exported model's own per-epoch curves
+    trial_history: dict[str, list[float]] | None  # the best trial's curves
+    trial_epochs: list[int] | None  # the best trial's 0-based epoch numbers
+    val_accuracy: float | None  # the best trial's best
+    best_trial: str
 
 
-def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None) -> dict:
+def final_model(
+    tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None
+) -> FinalModel:
     """The model to export, from the best trial (``final.mode``); see docs/tuning.md."""
     import keras
     import numpy as np
@@ -37,7 +45,8 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
     from jobs.search_space import build_mlp, model_values, one_hot
 
     objective = config.tuner.objective
-    best = tuner.oracle.get_best_trials(1)
+    # Keras Tuner pads the best trials with failed ones when too few completed: keep completed ones only.
+    best = [trial for trial in tuner.oracle.get_best_trials(1) if trial.status == "COMPLETED"]
     if not best:
         raise SearchError("no trial completed: nothing to export")
     best_trial = best[0]
@@ -70,7 +79,7 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
             progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
             callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
         if config.runtime.tensorboard:
-            log_dir = output_paths(config)["report"] / "tensorboard" / "final"
+            log_dir = output_paths(config).report / "tensorboard" / "final"
             callbacks.append(
                 keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
             )
@@ -81,9 +90,8 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
             batch_size=batch_size,
             epochs=epochs,
             callbacks=callbacks,
-            # Keras Tuner's own display is off (it prints, and loses its state on a resume): our log
-            # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
-            verbose=0,
+            # A terminal gets Keras' progress bar (the EpochLogger is then quiet); a log gets its lines.
+            verbose=1 if interactive() else 0,
         )
         history = {
             key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"
@@ -93,16 +101,16 @@ def final_model(tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: Se
             f"({'the best trial best epoch count' if config.final.epochs == 'best' else 'final.epochs'}) "
             f"with trial {best_trial.trial_id}'s hyperparameters; val_accuracy is that trial's best"
         )
-    return {
-        "model": model,
-        "values": values,
-        "note": note,
-        "history": history,
-        "trial_history": trial_history,
-        "trial_epochs": record["epochs"] if record else None,
-        "val_accuracy": val_accuracy,
-        "best_trial": best_trial.trial_id,
-    }
+    return FinalModel(
+        model=model,
+        values=values,
+        note=note,
+        history=history,
+        trial_history=trial_history,
+        trial_epochs=record["epochs"] if record else None,
+        val_accuracy=val_accuracy,
+        best_trial=best_trial.trial_id,
+    )
 
 
 def score_on_test(model: Any, splits: Splits) -> float:

@@ -9,16 +9,14 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import keras_tuner as kt
-from keras_tuner.src import utils as kt_utils
 
 import modelrepo
+from jobs import kt_compat
 from jobs.config import JobConfig
 from jobs.progress import EpochLogger, SearchProgress, format_seconds, interactive
 from jobs.search_space import MlpHyperModel, model_values
@@ -26,39 +24,6 @@ from jobs.search_space import MlpHyperModel, model_values
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
-_keras_tuner_save_json = kt_utils.save_json
-
-
-def save_json_atomically(path: str | os.PathLike[str], obj: Any) -> str:
-    """Keras Tuner's ``save_json``, made atomic: a process killed mid-write leaves the previous file.
-
-    Keras Tuner rewrites its state (``oracle.json``, ``trial.json``, ``tuner0.json``) in place, so a
-    SIGKILL between the truncation and the end of the write leaves a file the next run cannot reload
-    and the resume fails. Here the JSON goes to a temporary file in the same directory, which is then
-    renamed over the old one (atomic on POSIX file systems, NFS included). Remote paths (``gs://``)
-    keep Keras Tuner's own writer.
-    """
-    path = os.fspath(path)
-    if "://" in path:
-        return _keras_tuner_save_json(path, obj)
-    text = json.dumps(obj)
-    descriptor, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            os.fchmod(file.fileno(), 0o644)  # as open() would create it: other pods may read it
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return text
-
-
-# Keras Tuner looks the function up on its utils module at every call (``utils.save_json(...)``).
-kt_utils.save_json = save_json_atomically
 
 
 class _SharedEpochLogger(EpochLogger):
@@ -115,6 +80,7 @@ class JobTunerMixin:
         if failed:
             last_line = (ended.message or "").strip().splitlines()[-1:] or ["no message"]
             log.warning("trial %s %s: %s", trial.trial_id, ended.status, last_line[0])
+            log.debug("trial %s: %s", trial.trial_id, ended.message)  # the whole traceback
         else:
             log.info(
                 "trial %s done: %s=%.4f (best %s) trials %s elapsed %s eta %s",
@@ -157,7 +123,14 @@ def create_tuner(
     project_name: str,
     tuner_id: str | None = None,
 ) -> kt.Tuner:
-    """The tuner named by ``config.tuner``; reloads its state from ``directory/project_name`` if present."""
+    """The tuner named by ``config.tuner``; reloads its state from ``directory/project_name`` if present.
+
+    Checks the Keras Tuner internals the job relies on, makes its state writes atomic and keeps failed
+    trials' tracebacks out of stderr, first.
+    """
+    kt_compat.check()
+    kt_compat.install_atomic_save_json()
+    kt_compat.quiet_failed_trials()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # Keras Tuner print()s "Reloading Tuner from ..."
         created = _construct(config, hypermodel, directory, project_name, tuner_id)

@@ -2,6 +2,8 @@
 
 Workers are Keras Tuner ``BaseTuner``s in worker mode; the tests drive their oracle calls by hand to
 reach each failure path (silent worker, restarted worker, chief restart, no chief) in about a second.
+Leases and the idle timeout run on a clock the tests advance, so a loaded machine cannot fail them;
+tests/distributed/test_distributed_search.py runs the whole path in real processes and real time.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import keras_tuner as kt
 import pytest
 from keras_tuner.src.distribute import oracle_client
 
-from jobs import distributed_run
-from jobs.distributed import DistributedConfig, DistributedError, Role, read_done_marker, write_done_marker
-from jobs.distributed_run import (
+from jobs.distributed.chief import ChiefServer, run_chief
+from jobs.distributed.roles import DistributedConfig, Role, read_done_marker, write_done_marker
+from jobs.distributed.worker import (
+    RETRY_PAUSE_SECONDS,
     ChiefError,
-    ChiefServer,
     ChiefUnreachableError,
     WorkerOracle,
-    run_chief,
     run_worker,
 )
+from jobs.errors import DistributedError
 from jobs.pushmetrics import Snapshot, snapshot
+from tests.support import wait_for
 
 FAST = DistributedConfig(
     heartbeat_seconds=0.2,
@@ -37,6 +40,19 @@ FAST = DistributedConfig(
     connect_timeout_seconds=5,
     shutdown_grace_seconds=1,
 )
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it (or sleeps on it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def build(hp: kt.HyperParameters) -> None:
@@ -70,8 +86,9 @@ class Cluster:
         self.tmp_path, self.monkeypatch, self.trials, self.settings = tmp_path, monkeypatch, trials, settings
         self.chief_tuner = make_tuner(tmp_path, "chief", port, monkeypatch, trials)
         self.chief_tuner.save()
+        self.clock = FakeClock()
         self.server = ChiefServer(
-            self.chief_tuner.oracle, Role("chief", "chief", "127.0.0.1", port), settings
+            self.chief_tuner.oracle, Role("chief", "chief", "127.0.0.1", port), settings, clock=self.clock
         )
         self.port = self.server.start()
         self.error: BaseException | None = None
@@ -114,7 +131,12 @@ def test_silent_workers_trial_is_handed_to_another_worker(tmp_path, monkeypatch)
     lost = cluster.worker("tuner1")
     trial = lost.create_trial("tuner1")
     lost._stop_heartbeat()  # the worker process "dies": no more heartbeats
-    time.sleep(FAST.lease_timeout_seconds + 0.5)
+    cluster.clock.advance(FAST.lease_timeout_seconds * 0.9)
+    cluster.server.check_leases()  # what the serve loop does every poll_seconds
+    assert cluster.oracle.ongoing_trials["tuner1"].trial_id == trial.trial_id  # not yet
+    cluster.clock.advance(FAST.lease_timeout_seconds * 0.2)
+    cluster.server.check_leases()
+    assert "tuner1" not in cluster.oracle.ongoing_trials
     other = cluster.worker("tuner2")
     again = other.create_trial("tuner2")
     assert again.trial_id == trial.trial_id  # the lost trial comes first
@@ -131,7 +153,15 @@ def test_heartbeats_keep_a_long_trial_with_its_worker(tmp_path, monkeypatch) -> 
     cluster = Cluster(tmp_path, monkeypatch, trials=2)
     busy = cluster.worker("tuner1")
     trial = busy.create_trial("tuner1")
-    time.sleep(FAST.lease_timeout_seconds * 2.5)
+    seen = cluster.server.leases.last_seen
+
+    def heard_since_the_clock_moved() -> bool:
+        return seen.get(trial.trial_id) == cluster.clock()
+
+    for _ in range(3):  # 2.4 lease timeouts in all, each step shorter than one
+        cluster.clock.advance(FAST.lease_timeout_seconds * 0.8)
+        wait_for(heard_since_the_clock_moved, timeout=30, what="a heartbeat")
+        cluster.server.check_leases()
     other = cluster.worker("tuner2")
     assert other.create_trial("tuner2").trial_id != trial.trial_id
     assert cluster.oracle.ongoing_trials["tuner1"].trial_id == trial.trial_id
@@ -172,9 +202,13 @@ def test_a_waiting_worker_hears_idle_until_every_trial_has_finished(tmp_path, mo
 
 
 def test_chief_without_workers_gives_up_after_the_idle_timeout(tmp_path, monkeypatch) -> None:
-    settings = FAST.model_copy(update={"idle_timeout_seconds": 0.5})
+    settings = FAST.model_copy(update={"idle_timeout_seconds": 5})
     cluster = Cluster(tmp_path, monkeypatch, trials=2, settings=settings)
-    cluster.thread.join(5)
+    cluster.clock.advance(4)
+    cluster.thread.join(1)
+    assert cluster.thread.is_alive()  # 4 s idle: still serving
+    cluster.clock.advance(2)
+    cluster.thread.join(30)
     cluster.server.stop(drain=False)
     assert isinstance(cluster.error, DistributedError)
     assert "no worker asked" in str(cluster.error)
@@ -226,23 +260,24 @@ class _FlakyClient:
         return "space"
 
 
-def test_a_call_cut_off_by_a_lost_connection_is_sent_again(monkeypatch) -> None:
-    monkeypatch.setattr(distributed_run, "RETRY_PAUSE_SECONDS", 0.01)
+def test_a_call_cut_off_by_a_lost_connection_is_sent_again() -> None:
+    clock = FakeClock()
     client = _FlakyClient(failures=2)
-    assert WorkerOracle(client, FAST).get_space() == "space"
+    assert WorkerOracle(client, FAST, clock=clock, sleep=clock.advance).get_space() == "space"
     assert client.calls == 3
+    assert clock.now == 1000 + 2 * RETRY_PAUSE_SECONDS
 
 
-def test_a_call_cut_off_is_not_retried_past_the_rpc_timeout_or_a_finished_search(monkeypatch) -> None:
-    monkeypatch.setattr(distributed_run, "RETRY_PAUSE_SECONDS", 0.01)
-    settings = FAST.model_copy(update={"rpc_timeout_seconds": 0.3})
-    started = time.monotonic()
+def test_a_call_cut_off_is_not_retried_past_the_rpc_timeout_or_a_finished_search() -> None:
+    clock = FakeClock()
+    settings = FAST.model_copy(update={"rpc_timeout_seconds": 2.2})
+    client = _FlakyClient(failures=10**6)
     with pytest.raises(ChiefUnreachableError, match="UNAVAILABLE"):
-        WorkerOracle(_FlakyClient(failures=10**6), settings).get_space()
-    assert 0.3 <= time.monotonic() - started < 2
+        WorkerOracle(client, settings, clock=clock, sleep=clock.advance).get_space()
+    assert client.calls == 6  # at 0, 0.5, ..., 2.0 s and the last at 2.5 s, past the 2.2 s budget
     client = _FlakyClient(failures=10**6)
     with pytest.raises(ChiefUnreachableError):
-        WorkerOracle(client, FAST, search_done=lambda: True).get_space()
+        WorkerOracle(client, FAST, search_done=lambda: True, clock=clock, sleep=clock.advance).get_space()
     assert client.calls == 1  # the volume says the search is over: no point waiting for a chief
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import tune
-from jobs.distributed import EXIT_DISTRIBUTED, DistributedConfig
+from jobs.distributed.roles import DistributedConfig
+from jobs.errors import EXIT_DISTRIBUTED, FAIL_JOB_CODES
 
 MANIFEST = Path(__file__).resolve().parents[2] / "k8s" / "tune-job.yaml"
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
@@ -82,7 +82,7 @@ def test_failure_policy_uses_the_jobs_exit_codes() -> None:
     fail = [r for r in rules if r["action"] == "FailJob"]
     assert len(fail) == 1
     assert fail[0]["onExitCodes"]["operator"] == "In"
-    assert sorted(fail[0]["onExitCodes"]["values"]) == [tune.EXIT_CONFIG, tune.EXIT_DATA]
+    assert sorted(fail[0]["onExitCodes"]["values"]) == sorted(FAIL_JOB_CODES)
     assert fail[0]["onExitCodes"]["containerName"] == spec["template"]["spec"]["containers"][0]["name"]
     ignore = [r for r in rules if r["action"] == "Ignore"]
     assert ignore[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]

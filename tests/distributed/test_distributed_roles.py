@@ -9,16 +9,16 @@ import sys
 import pytest
 
 from jobs.config import ConfigError, load_config
-from jobs.distributed import (
+from jobs.distributed.roles import (
     DistributedConfig,
     Role,
-    RoleError,
     apply_role,
     read_done_marker,
     resolve_role,
     search_marked_done,
     write_done_marker,
 )
+from jobs.errors import RoleError
 
 K8S = DistributedConfig(service="mnist-tune", port=8470)
 

@@ -98,6 +98,11 @@ def test_chief_and_two_workers_complete_the_search_with_one_export(search, tmp_p
     assert 0 < samples["digits_tune_best_val_accuracy"] <= 1
     assert samples["digits_tune_elapsed_seconds"] > 0
     assert samples["digits_tune_last_success_timestamp_seconds"] > time.time() - 600
+    # The chief started again on the same volume (a retried pod, or a new Job): no second version.
+    again = search("chief")
+    assert again.wait(120) == 0, again.log()[-3000:]
+    assert "this search already exported mnist version 1" in again.log()
+    assert modelrepo.list_versions(search.output / "models", "mnist") == [1]
 
 
 def test_a_worker_killed_mid_trial_loses_no_trial(search) -> None:

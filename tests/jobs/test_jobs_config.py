@@ -10,6 +10,7 @@ import pytest
 
 from jobs import config as cfg
 from jobs.config import ConfigError, FloatRange, IntRange, load_config
+from jobs.errors import EXIT_CODES
 from tests.support import REPO
 
 
@@ -172,4 +173,6 @@ def test_cli_help_documents_exit_codes() -> None:
     )
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "2 bad config" in text and "5 export error" in text and "TUNE_<SECTION>__<FIELD>" in text
+    assert "TUNE_<SECTION>__<FIELD>" in text and "--export-again" in text
+    for row in EXIT_CODES:  # the table of jobs/errors.py, every row
+        assert f"{row.code} {row.meaning}" in text

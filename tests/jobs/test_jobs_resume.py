@@ -15,28 +15,12 @@ import pytest
 
 import modelrepo
 from jobs import config as cfg
-from jobs import tune
+from jobs import pipeline
 from jobs.progress import hyperband_budget
 from tests.support import REPO
-from tests.support.jobs import tiny_config, write_config
+from tests.support.jobs import job_command, job_env, run_job, tiny_config, write_config
 
 HYPERBAND = {"kind": "hyperband", "max_epochs": 3, "factor": 3}
-
-
-def _env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("TUNE_", "MNIST_"))}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
-
-
-def _command(config_file: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.tune", "--preset", "smoke", "--config", str(config_file), *extra]
-
-
-def _run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def _trials(output: Path) -> dict[str, str]:
@@ -56,9 +40,9 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
         tiny_config(output, synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
     )
     process = subprocess.Popen(
-        _command(config_file),
+        job_command(config_file),
         cwd=REPO,
-        env=_env(),
+        env=job_env(),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -85,7 +69,7 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
     }
     assert finished_before
 
-    rerun = _run(_command(config_file))
+    rerun = run_job(job_command(config_file))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming:" in rerun.stderr
     after = _trials(output)
@@ -101,7 +85,7 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
             tiny_config(tmp_path / "whole", synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
         )
     )
-    whole = tune.run(uninterrupted)
+    whole = pipeline.run(uninterrupted)
     assert len(after) == whole.trials == hyperband_budget(3, 3, 1)[0] == 6
     metadata = modelrepo.read_metadata(output / "models" / "mnist" / "1")
     assert len(metadata.trials) == len(after)
@@ -124,8 +108,9 @@ def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pyt
     import tensorflow as tf
     from keras_tuner.src import utils as kt_utils
 
-    from jobs import tuners
+    from jobs import kt_compat
 
+    kt_compat.install_atomic_save_json()  # as building a tuner does
     hp = kt.HyperParameters()
     hp.Fixed("units", 512)
     trial = kt.engine.trial.Trial(hp.copy(), trial_id="7")
@@ -142,7 +127,7 @@ def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pyt
     assert [path.name for path in ours.parent.iterdir()] == ["trial.json"]  # no temporary left
 
     # Keras Tuner's own in-place writer, same cut: the file it leaves cannot be reloaded.
-    monkeypatch.setattr(kt_utils, "save_json", tuners._keras_tuner_save_json)
+    monkeypatch.setattr(kt_utils, "save_json", kt_compat.keras_tuner_save_json)
     theirs = tmp_path / "theirs" / "trial.json"
     theirs.parent.mkdir()
     kt.engine.trial.Trial(hp, trial_id="7").save(str(theirs))
@@ -154,7 +139,7 @@ def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pyt
 def test_exit_code_3_for_bad_data(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _run(_command(write_config(tmp_path / "job.yaml", tiny_config(tmp_path / "out", empty))))
+    result = run_job(job_command(write_config(tmp_path / "job.yaml", tiny_config(tmp_path / "out", empty))))
     assert result.returncode == 3
     assert "missing train-images-idx3-ubyte" in result.stderr
 
@@ -165,7 +150,7 @@ def test_exit_code_4_for_a_corrupt_tuner_state(tmp_path: Path, synthetic_dir: Pa
     project.mkdir(parents=True)
     (project / "tuner0.json").write_text("{}")
     (project / "oracle.json").write_text("{not json")
-    result = _run(_command(write_config(tmp_path / "job.yaml", tiny_config(output, synthetic_dir))))
+    result = run_job(job_command(write_config(tmp_path / "job.yaml", tiny_config(output, synthetic_dir))))
     assert result.returncode == 4
     assert "cannot create or reload the tuner" in result.stderr
 
@@ -180,12 +165,12 @@ def test_exit_code_5_on_export_failure_then_rerun_exports_without_searching_agai
         tmp_path / "job.yaml",
         tiny_config(output, synthetic_dir, tuner={"max_trials": 1}, final={"mode": "best_trial"}),
     )
-    failed = _run(_command(config_file))
+    failed = run_job(job_command(config_file))
     assert failed.returncode == 5, failed.stderr[-3000:]
     assert "export failed" in failed.stderr
     assert _trials(output) == {"0": "COMPLETED"}
     (output / "models").unlink()
-    rerun = _run(_command(config_file))
+    rerun = run_job(job_command(config_file))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming: 1 trials already finished" in rerun.stderr
     assert "trial 0:" not in rerun.stderr  # the finished search did not run again
@@ -202,7 +187,7 @@ def test_real_mnist_recorded_test_accuracy_matches_a_fresh_evaluation(tmp_path: 
     data_dir = os.environ.get("MNIST_DATA_DIR")
     if not data_dir:
         pytest.fail("MNIST_DATA_DIR must point at the official MNIST files for the slow tests")
-    result = _run(
+    result = run_job(
         [
             sys.executable,
             "-m",

@@ -10,8 +10,12 @@ import pytest
 
 import modelrepo
 from jobs import config as cfg
-from jobs import tune
+from jobs import pipeline
+from jobs.data import load_data
+from jobs.errors import ExportError, SearchError
 from jobs.progress import hyperband_budget
+from jobs.runtime import output_paths
+from jobs.search import build_tuner
 from jobs.search_space import MlpHyperModel
 from tests.support.jobs import tiny_config
 from tests.support.mnist import synthetic_arrays
@@ -24,16 +28,16 @@ def _config(tmp: Path, data_dir: Path, **sections: dict) -> cfg.JobConfig:
 @pytest.fixture(scope="module")
 def smoke_run(
     tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path
-) -> tuple[cfg.JobConfig, tune.FinalResult]:
+) -> tuple[cfg.JobConfig, pipeline.FinalResult]:
     config = _config(tmp_path_factory.mktemp("run"), synthetic_dir, search={"early_stopping_patience": 1})
-    return config, tune.run(config)
+    return config, pipeline.run(config)
 
 
 def test_exported_model_loads_and_predicts_like_the_in_memory_model(smoke_run, synthetic_dir: Path) -> None:
     import tensorflow as tf
 
     config, result = smoke_run
-    assert modelrepo.list_versions(tune.output_paths(config)["models"], "mnist") == [1]
+    assert modelrepo.list_versions(output_paths(config).models, "mnist") == [1]
     loaded = tf.saved_model.load(str(result.path))
     serve = loaded.signatures[modelrepo.SIGNATURE_NAME]
     images = synthetic_arrays(1200, 300)["test_images"].astype(np.float32)
@@ -66,7 +70,7 @@ def test_metadata_records_the_run(smoke_run) -> None:
 
 def test_report_is_complete(smoke_run) -> None:
     config, _ = smoke_run
-    report = tune.output_paths(config)["report"]
+    report = output_paths(config).report
     for name in ("learning_curves.png", "search.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(report / "trials.csv") as handle:
@@ -91,12 +95,12 @@ def test_crash_during_export_leaves_no_visible_version(smoke_run, monkeypatch: p
         raise OSError("disk full")
 
     monkeypatch.setattr(jobs.export, "write_saved_model", crash)
-    mnist, splits = tune.load_data(config)
-    tuner = tune.build_tuner(config, splits)  # reloads the finished search
+    mnist, splits = load_data(config)
+    tuner = build_tuner(config, splits)  # reloads the finished search
     assert len(tuner.oracle.trials) == 2
-    with pytest.raises(tune.ExportError, match="disk full"):
-        tune.finalize(tuner, config, splits, mnist)
-    model_dir = tune.output_paths(config)["models"] / "mnist"
+    with pytest.raises(ExportError, match="disk full"):
+        pipeline.finalize(tuner, config, splits, mnist)
+    model_dir = output_paths(config).models / "mnist"
     assert modelrepo.list_versions(model_dir.parent, "mnist") == [1]
     assert sorted(entry.name for entry in model_dir.iterdir()) == ["1"]  # no staging directory left
     assert isinstance(mnist, data.Mnist)
@@ -120,7 +124,7 @@ def test_other_tuners_and_final_modes(
         space={"label_smoothing": [0.0, 0.1], "units": 16, "num_layers": 1},
         runtime={"tensorboard": False},
     )
-    result = tune.run(config)
+    result = pipeline.run(config)
     metadata = modelrepo.read_metadata(result.path)
     assert metadata.tuner == kind and metadata.final_model == final["mode"]
     if kind == "hyperband":
@@ -130,7 +134,7 @@ def test_other_tuners_and_final_modes(
         assert "weights of trial" in metadata.final_model_note
     else:
         assert len(metadata.history["accuracy"]) == 1
-    assert not (tune.output_paths(config)["report"] / "tensorboard").exists()
+    assert not (output_paths(config).report / "tensorboard").exists()
 
 
 def test_failed_trial_is_recorded_and_the_search_goes_on(
@@ -147,7 +151,7 @@ def test_failed_trial_is_recorded_and_the_search_goes_on(
 
     monkeypatch.setattr(MlpHyperModel, "fit", fail_first)
     config = _config(tmp_path, synthetic_dir, tuner={"max_trials": 3}, runtime={"tensorboard": False})
-    result = tune.run(config)
+    result = pipeline.run(config)
     metadata = modelrepo.read_metadata(result.path)
     assert [t.status for t in metadata.trials] == ["COMPLETED", "COMPLETED", "FAILED"]
     assert metadata.trials[-1].val_accuracy is None
@@ -161,8 +165,8 @@ def test_consecutive_failures_stop_the_search(
 
     monkeypatch.setattr(MlpHyperModel, "fit", always_fail)
     config = _config(tmp_path, synthetic_dir, tuner={"max_trials": 5, "max_consecutive_failed_trials": 2})
-    with pytest.raises(tune.SearchError, match="consecutive failures exceeded the limit of 2"):
-        tune.run(config)
-    trial_dirs = sorted(path.name for path in tune.output_paths(config)["tuner"].glob("trial_*"))
+    with pytest.raises(SearchError, match="consecutive failures exceeded the limit of 2"):
+        pipeline.run(config)
+    trial_dirs = sorted(path.name for path in output_paths(config).tuner.glob("trial_*"))
     assert trial_dirs == ["trial_0", "trial_1"]  # stopped at the limit, no third trial
-    assert not (tune.output_paths(config)["models"]).exists()
+    assert not (output_paths(config).models).exists()

@@ -1,15 +1,10 @@
-"""The chief (oracle server with leases) and the worker (trial loop with heartbeats) of a distributed search.
-
-Built on Keras Tuner's own servicer and client; what it changes and why is in docs/distributed.md.
-This module imports Keras Tuner and gRPC; the role logic that must load without them is in
-:mod:`jobs.distributed`.
-"""
+"""The chief of a distributed search: Keras Tuner's oracle over gRPC plus leases on running trials, on an
+injectable clock (docs/distributed.md says what it changes in Keras Tuner and why)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -19,211 +14,46 @@ from typing import Any, TypeVar
 
 import grpc
 import keras_tuner
-from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_chief, oracle_client
-from keras_tuner.src.engine import trial as trial_module
 
-from jobs.distributed import (
+from jobs import kt_compat
+from jobs.distributed.roles import (
     DONE_MARKER,
     ORACLE_STATE_FILE,
     DistributedConfig,
-    DistributedError,
     Role,
     read_done_marker,
     search_marked_done,
     write_done_marker,
 )
+from jobs.errors import DistributedError
 from jobs.pushmetrics import ProgressPusher, snapshot
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BEST_METRIC = "val_accuracy"
+Clock = Callable[[], float]
+_trial = kt_compat.trial_module()  # Trial, TrialStatus
 
 
-class ChiefUnreachableError(DistributedError, keras_tuner.errors.FatalError):
-    """No answer to an oracle call; a ``FatalError``, so Keras Tuner re-raises it, not failing a trial."""
+class Leases:
+    """When the chief last heard of each running trial (by ``clock``), and how often each lost its worker."""
 
-
-class ChiefError(keras_tuner.errors.FatalError):
-    """The chief answered an oracle call with an error (its search failed): not worth a retry (exit 4)."""
-
-
-# gRPC codes that mean "no chief to talk to" (retry the pod) rather than "the chief failed the call".
-_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-RETRY_PAUSE_SECONDS = 0.5  # between attempts of an oracle call cut off by a lost connection
-
-
-# --- worker ---------------------------------------------------------------------------------------------
-
-
-def wait_for_chief(target: str, timeout: float) -> bool:
-    """True once a gRPC connection to ``target`` is ready, False after ``timeout`` seconds."""
-    channel = grpc.insecure_channel(target)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-        return True
-    except grpc.FutureTimeoutError:
-        return False
-    finally:
-        channel.close()
-
-
-class WorkerOracle:
-    """Wraps Keras Tuner's ``OracleClient`` on a worker.
-
-    - a call that was on the wire when the chief went away (UNAVAILABLE, e.g. "connection reset") is
-      sent again until ``rpc_timeout_seconds`` have passed, unless the volume says the search is done;
-      Keras Tuner's client sends with ``wait_for_ready``, so the next attempt waits for the restarted
-      chief (every oracle call is safe to repeat: the chief treats a second ``create_trial`` from the
-      same worker as a restart, ignores a result it already recorded, and a repeated metric adds the
-      same value at the same step);
-    - any other gRPC failure becomes :class:`ChiefUnreachableError`, so a lost chief stops the search
-      instead of being recorded as a failed trial (keras-team/keras-tuner#915);
-    - an IDLE answer waits ``poll_seconds`` before the search loop asks again (it would spin otherwise);
-    - while a trial runs, a heartbeat (a ``GetTrial`` call) tells the chief its worker is alive.
-    """
-
-    def __init__(
-        self, client: Any, settings: DistributedConfig, search_done: Callable[[], bool] = lambda: False
-    ) -> None:
-        self._client = client
-        self._settings = settings
-        self._search_done = search_done
-        self._beat_stop: threading.Event | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        give_up = time.monotonic() + self._settings.rpc_timeout_seconds
-        while True:
-            try:
-                return getattr(self._client, name)(*args, **kwargs)
-            except grpc.RpcError as exc:
-                if (
-                    exc.code() is grpc.StatusCode.UNAVAILABLE
-                    and time.monotonic() < give_up
-                    and not self._search_done()
-                ):
-                    log.warning("oracle call %s: chief unavailable (%s); sending again", name, exc.details())
-                    time.sleep(RETRY_PAUSE_SECONDS)
-                    continue
-                self._stop_heartbeat()
-                message = f"oracle call {name} failed: {exc.code()} {exc.details()}"
-                if exc.code() in _UNREACHABLE:
-                    raise ChiefUnreachableError(message) from exc
-                raise ChiefError(message) from exc
-
-    def create_trial(self, tuner_id: str) -> Any:
-        trial = self._call("create_trial", tuner_id)
-        if trial.status == trial_module.TrialStatus.IDLE:
-            time.sleep(self._settings.poll_seconds)
-        elif trial.status == trial_module.TrialStatus.RUNNING:
-            self._start_heartbeat(trial.trial_id)
-        return trial
-
-    def end_trial(self, trial: Any) -> None:
-        self._stop_heartbeat()
-        self._call("end_trial", trial)
-
-    def update_trial(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("update_trial", *args, **kwargs)
-
-    def get_trial(self, trial_id: str) -> Any:
-        return self._call("get_trial", trial_id)
-
-    def get_space(self) -> Any:
-        return self._call("get_space")
-
-    def update_space(self, hyperparameters: Any) -> None:
-        self._call("update_space", hyperparameters)
-
-    def get_best_trials(self, num_trials: int = 1) -> Any:
-        return self._call("get_best_trials", num_trials)
-
-    def _start_heartbeat(self, trial_id: str) -> None:
-        self._stop_heartbeat()
-        stop = threading.Event()
-        self._beat_stop = stop
-
-        def beat() -> None:
-            while not stop.wait(self._settings.heartbeat_seconds):
-                try:
-                    self._client.get_trial(trial_id)
-                except Exception as exc:  # the search loop notices a lost chief on its next call
-                    log.debug("heartbeat for trial %s failed: %s", trial_id, exc)
-
-        threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True).start()
-
-    def _stop_heartbeat(self) -> None:
-        if self._beat_stop is not None:
-            self._beat_stop.set()
-            self._beat_stop = None
-
-
-def _caused_by_lost_chief(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, ChiefUnreachableError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def run_worker(tuner: Any, search: Callable[[], object], role: Role, settings: DistributedConfig) -> int:
-    """Run trials for the chief until its oracle says the search is over; return the exit code (0).
-
-    ``search`` runs ``tuner.search(...)``. A chief that cannot be reached, at the start or mid-search,
-    means 0 when the shared volume says the search is done, else :class:`DistributedError` (exit 6).
-    """
-    project_dir = tuner.project_dir
-    if not wait_for_chief(role.target, settings.connect_timeout_seconds):
-        if search_marked_done(project_dir, settings.run_id):
-            log.info("chief %s is gone and the search is marked done; nothing to do", role.target)
-            return 0
-        raise DistributedError(
-            f"chief oracle at {role.target} not reachable within {settings.connect_timeout_seconds:g} s"
-        )
-    # Keras Tuner waits up to this module constant (60 min) on every oracle call and takes no argument
-    # for it; a worker must give up sooner so that the Job restarts it (keras-team/keras-tuner#990).
-    oracle_client.TIMEOUT = settings.rpc_timeout_seconds
-    tuner.oracle = WorkerOracle(
-        tuner.oracle, settings, lambda: search_marked_done(project_dir, settings.run_id)
-    )
-    log.info("worker %s connected to chief %s", role.tuner_id, role.target)
-    try:
-        search()
-    except Exception as exc:
-        if not _caused_by_lost_chief(exc):
-            raise
-        if search_marked_done(project_dir, settings.run_id):
-            log.info("the chief went away after the search was done (%s)", exc)
-            return 0
-        raise DistributedError(f"lost the chief oracle at {role.target}: {exc}") from exc
-    log.info("worker %s: the oracle says the search is over", role.tuner_id)
-    return 0
-
-
-# --- chief: leases on running trials ----------------------------------------------------------------------
-
-
-class _Leases:
-    """When the chief last heard of each running trial, and how often each trial lost its worker."""
-
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
         self.last_seen: dict[str, float] = {}
         self.losses: Counter[str] = Counter()
 
     def touch(self, trial_id: str) -> None:
-        self.last_seen[trial_id] = time.monotonic()
+        self.last_seen[trial_id] = self.clock()
 
 
 def _finished(trial: Any) -> bool:
-    return trial.status in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
+    return trial.status in (_trial.TrialStatus.COMPLETED, _trial.TrialStatus.FAILED)
 
 
 @keras_tuner.synchronized
-def _take_back(oracle: Any, tuner_id: str, leases: _Leases, max_losses: int, reason: str) -> None:
+def _take_back(oracle: Any, tuner_id: str, leases: Leases, max_losses: int, reason: str) -> None:
     """Hand the trial ``tuner_id`` was running out again, or fail it after ``max_losses`` losses.
 
     Keras Tuner has no public call for "this trial's worker is gone". We do what its own
@@ -244,18 +74,18 @@ def _take_back(oracle: Any, tuner_id: str, leases: _Leases, max_losses: int, rea
             leases.losses[trial.trial_id],
             reason,
         )
-        trial.status = trial_module.TrialStatus.FAILED
+        trial.status = _trial.TrialStatus.FAILED
         trial.message = f"lost its worker {leases.losses[trial.trial_id]} times; last: {reason}"
         oracle.end_trial(trial)  # records the failure, saves, drops it from ongoing_trials
         return
     log.warning("trial %s: %s; handing it out again", trial.trial_id, reason)
     oracle.ongoing_trials.pop(tuner_id)
-    oracle._retry_queue.append(trial.trial_id)
+    kt_compat.requeue(oracle, trial.trial_id)
     oracle.save()
 
 
 @keras_tuner.synchronized
-def _accept_result(oracle: Any, trial: Any, leases: _Leases) -> None:
+def _accept_result(oracle: Any, trial: Any, leases: Leases) -> None:
     """Record a worker's result; if its trial had been re-queued meanwhile, it need not run again."""
     recorded = oracle.trials.get(trial.trial_id)
     if recorded is not None and _finished(recorded) and recorded.status == trial.status:
@@ -263,8 +93,7 @@ def _accept_result(oracle: Any, trial: Any, leases: _Leases) -> None:
         leases.last_seen.pop(trial.trial_id, None)
         log.info("trial %s: %s already recorded", trial.trial_id, trial.status)
         return
-    if trial.trial_id in oracle._retry_queue:
-        oracle._retry_queue.remove(trial.trial_id)
+    kt_compat.unqueue(oracle, trial.trial_id)
     oracle.end_trial(trial)
     leases.last_seen.pop(trial.trial_id, None)
     ended = oracle.trials[trial.trial_id]
@@ -275,7 +104,7 @@ def _accept_result(oracle: Any, trial: Any, leases: _Leases) -> None:
 
 
 @keras_tuner.synchronized
-def _restore_leases(oracle: Any, saved_ongoing: Mapping[str, str], leases: _Leases) -> None:
+def _restore_leases(oracle: Any, saved_ongoing: Mapping[str, str], leases: Leases) -> None:
     """After a chief restart, leave running trials with their workers instead of re-queueing them.
 
     ``Oracle.reload()`` re-queues every trial that was running, but the workers of a restarted chief are
@@ -283,16 +112,16 @@ def _restore_leases(oracle: Any, saved_ongoing: Mapping[str, str], leases: _Leas
     whose worker really is gone comes back through the lease timeout.
     """
     for tuner_id, trial_id in saved_ongoing.items():
-        if trial_id in oracle._retry_queue and trial_id in oracle.trials:
-            oracle._retry_queue.remove(trial_id)
+        if trial_id in oracle.trials and kt_compat.unqueue(oracle, trial_id):
             oracle.ongoing_trials[tuner_id] = oracle.trials[trial_id]
             leases.touch(trial_id)
             log.info("trial %s stays with %s after the chief restart", trial_id, tuner_id)
 
 
 @keras_tuner.synchronized
-def _expire_leases(oracle: Any, leases: _Leases, settings: DistributedConfig, since: float) -> None:
-    now = time.monotonic()
+def _expire_leases(oracle: Any, leases: Leases, settings: DistributedConfig, since: float) -> None:
+    """Take back every running trial whose worker was silent longer than the lease (since ``since``)."""
+    now = leases.clock()
     for tuner_id, trial in list(oracle.ongoing_trials.items()):
         silent = now - leases.last_seen.get(trial.trial_id, since)
         if silent > settings.lease_timeout_seconds:
@@ -307,7 +136,7 @@ def _state(oracle: Any) -> tuple[bool, int, int | None]:
     return all(_finished(t) for t in trials), len(oracle.ongoing_trials), oracle.remaining_trials()
 
 
-class _Servicer(oracle_chief.OracleServicer):
+class _Servicer(kt_compat.oracle_servicer_class()):  # type: ignore[misc]
     """Keras Tuner's servicer plus leases: restarted workers, heartbeats, and no early STOPPED."""
 
     def __init__(self, oracle: Any, chief: ChiefServer) -> None:
@@ -315,22 +144,22 @@ class _Servicer(oracle_chief.OracleServicer):
         self.chief = chief
 
     def CreateTrial(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC method name)
-        self.chief.last_request = time.monotonic()
+        self.chief.last_request = self.chief.clock()
         trial = _hand_out(self.oracle, request.tuner_id, self.chief)
-        return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+        return kt_compat.service().CreateTrialResponse(trial=trial.to_proto())
 
     def GetTrial(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.chief.leases.touch(request.trial_id)  # the worker's heartbeat
         return super().GetTrial(request, context)
 
     def EndTrial(self, request: Any, context: Any) -> Any:  # noqa: N802
-        trial = trial_module.Trial.from_proto(request.trial)
+        trial = _trial.Trial.from_proto(request.trial)
         try:
             _accept_result(self.oracle, trial, self.chief.leases)
         except Exception as exc:  # e.g. too many consecutive failed trials: the search must stop
             self.chief.fatal = exc
             raise
-        return protos.get_service().EndTrialResponse()
+        return kt_compat.service().EndTrialResponse()
 
 
 @keras_tuner.synchronized
@@ -340,12 +169,12 @@ def _hand_out(oracle: Any, tuner_id: str, chief: ChiefServer) -> Any:
         reason = f"worker {tuner_id} restarted during the trial"
         _take_back(oracle, tuner_id, chief.leases, chief.settings.max_trial_losses, reason)
     trial = oracle.create_trial(tuner_id)
-    if trial.status == trial_module.TrialStatus.STOPPED:
+    if trial.status == _trial.TrialStatus.STOPPED:
         chief.stop_triggered = True
         if not all(_finished(t) for t in oracle.trials.values()):
             # Keep the worker: a running trial may lose its worker and need another one.
-            return trial_module.Trial(oracle.get_space(), status=trial_module.TrialStatus.IDLE)
-    elif trial.status == trial_module.TrialStatus.RUNNING:
+            return _trial.Trial(oracle.get_space(), status=_trial.TrialStatus.IDLE)
+    elif trial.status == _trial.TrialStatus.RUNNING:
         chief.leases.touch(trial.trial_id)
     return trial
 
@@ -354,7 +183,12 @@ class ChiefServer:
     """The oracle over gRPC (one thread, as Keras Tuner's) with a main loop that bounds every wait."""
 
     def __init__(
-        self, oracle: Any, role: Role, settings: DistributedConfig, pusher: ProgressPusher | None = None
+        self,
+        oracle: Any,
+        role: Role,
+        settings: DistributedConfig,
+        pusher: ProgressPusher | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         # Keras Tuner's console display keeps per-trial start times that a restarted chief may not have
         # reloaded (they are saved only after the trial was handed out): ending such a trial would
@@ -364,25 +198,30 @@ class ChiefServer:
         self.role = role
         self.settings = settings
         self.pusher = pusher
-        self.leases = _Leases()
+        self.clock = clock  # leases and the idle timeout; tests drive it
+        self.leases = Leases(clock)
         self.stop_triggered = False
         self.fatal: Exception | None = None
-        self.started = self.last_request = time.monotonic()
+        self.started = self.last_request = clock()
         self.port: int | None = None
         self._server: grpc.Server | None = None
 
     def start(self) -> int:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="oracle"))
-        protos.get_service_grpc().add_OracleServicer_to_server(_Servicer(self.oracle, self), server)
+        kt_compat.service_grpc().add_OracleServicer_to_server(_Servicer(self.oracle, self), server)
         try:
             self.port = server.add_insecure_port(self.role.target)
         except RuntimeError as exc:
             raise DistributedError(f"cannot listen on {self.role.target}: {exc}") from exc
         server.start()
         self._server = server
-        self.started = self.last_request = time.monotonic()
+        self.started = self.last_request = self.clock()
         log.info("chief oracle listening on %s (port %d)", self.role.target, self.port)
         return self.port
+
+    def check_leases(self) -> None:
+        """Hand out again every trial whose worker has been silent longer than the lease."""
+        _expire_leases(self.oracle, self.leases, self.settings, self.started)
 
     def done(self, marked_done: bool = False) -> bool:
         finished, _, remaining = _state(self.oracle)
@@ -393,14 +232,14 @@ class ChiefServer:
         while True:
             if self.fatal is not None:
                 raise self.fatal
-            _expire_leases(self.oracle, self.leases, self.settings, self.started)
+            self.check_leases()
             if self.pusher is not None:
                 self.pusher.update(snapshot(self.oracle, BEST_METRIC))
             if self.done(marked_done):
                 log.info("search done: every trial has finished")
                 return
             _, running, _ = _state(self.oracle)
-            idle = time.monotonic() - self.last_request
+            idle = self.clock() - self.last_request
             if running == 0 and idle > self.settings.idle_timeout_seconds:
                 raise DistributedError(f"no worker asked the chief for a trial in {idle:.0f} s")
             time.sleep(self.settings.poll_seconds)

@@ -1,6 +1,5 @@
-"""Distributed tuning without heavy imports: the config section, the role (chief, worker, standalone), the
-done marker on the shared volume. The chief and worker themselves are in :mod:`jobs.distributed_run`.
-"""
+"""Distributed tuning without heavy imports: the config section, the role (chief, worker, standalone) and
+the done marker on the shared volume. The chief and the worker are :mod:`.chief` and :mod:`.worker`."""
 
 from __future__ import annotations
 
@@ -15,9 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from jobs.errors import RoleError
+
 log = logging.getLogger(__name__)
 
-EXIT_DISTRIBUTED = 6  # docs/interfaces.md: chief unreachable / wait timed out (the pod is retried)
 TUNER_ID_ENV = "KERASTUNER_TUNER_ID"
 ORACLE_IP_ENV = "KERASTUNER_ORACLE_IP"
 ORACLE_PORT_ENV = "KERASTUNER_ORACLE_PORT"
@@ -54,16 +54,6 @@ class DistributedConfig(BaseModel):
                 f"lease_timeout_seconds ({self.lease_timeout_seconds:g})"
             )
         return self
-
-
-class DistributedError(Exception):
-    """The chief is unreachable or a distributed wait timed out; the pod should be retried (exit 6)."""
-
-    exit_code = EXIT_DISTRIBUTED
-
-
-class RoleError(ValueError):
-    """The distributed environment variables contradict each other (a configuration error)."""
 
 
 @dataclass(frozen=True)
