@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from jobs.config import PRESETS, load_config, set_overrides, to_yaml
+from jobs.config import EXPORT_AGAIN_ENV, PRESETS, env_flag, load_config, set_overrides, to_yaml
 from jobs.distributed.roles import resolve_role
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, JobError, describe_exit_codes
 
@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--export-again",
         action="store_true",
         help="publish a new version even though this search already exported one (final fit and export "
-        "run again; the search itself does not)",
+        "run again; the search itself does not). Also TUNE_EXPORT_AGAIN=1, for compose; never set it in a "
+        "Job spec, where a retried pod would publish again",
     )
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.preset, args.config, os.environ, cli_overrides(args))
         role = resolve_role(os.environ, config.distributed)
+        export_again = args.export_again or env_flag(os.environ, EXPORT_AGAIN_ENV)
         if args.print_config:
             sys.stdout.write(to_yaml(config))
             return EXIT_OK
@@ -107,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
         log.info("preset %s, output %s", config.preset, config.output.dir)
         if role.distributed:
-            result = pipeline.run_role(config, role, export_again=args.export_again)
+            result = pipeline.run_role(config, role, export_again=export_again)
         else:
-            result = pipeline.run(config, export_again=args.export_again)
+            result = pipeline.run(config, export_again=export_again)
     except JobError as exc:
         where = f" ({role.kind} {role.tuner_id})" if role is not None and role.distributed else ""
         log.error("%s%s: %s", exc.label, where, exc)

@@ -38,7 +38,18 @@ ENV_FIXED = {
     "TUNE_PUSHGATEWAY": ("runtime", "pushgateway"),
     "MNIST_DATA_DIR": ("data", "dir"),
 }
-ENV_NOT_FIELDS = {"TUNE_PRESET", "TUNE_CONFIG"}
+ENV_NOT_FIELDS = {"TUNE_PRESET", "TUNE_CONFIG", "TUNE_EXPORT_AGAIN"}
+EXPORT_AGAIN_ENV = "TUNE_EXPORT_AGAIN"  # --export-again for compose and scripts; never in a Job spec
+
+
+def env_flag(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no environment variable: 1/true/yes or 0/false/no/empty; anything else is a config error."""
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"environment variable {name}: expected 1/true/yes or 0/false/no, got {raw!r}")
 
 
 class _Strict(BaseModel):

@@ -102,6 +102,14 @@ def test_progress_on_a_terminal_and_one_export_per_search(tmp_path: Path, synthe
     assert last.returncode == 0 and "already exported mnist version 2" in last.stderr, last.stderr[-3000:]
     assert modelrepo.list_versions(output / "models", "mnist") == [1, 2]
 
+    # 5. TUNE_EXPORT_AGAIN=1 (how compose asks for it) does what the flag does; a bad value is a config error.
+    by_env = run_job(job_command(config_file), {**job_env(), "TUNE_EXPORT_AGAIN": "1"})
+    assert by_env.returncode == 0, by_env.stderr[-3000:]
+    assert modelrepo.list_versions(output / "models", "mnist") == [1, 2, 3]
+    bad = run_job(job_command(config_file), {**job_env(), "TUNE_EXPORT_AGAIN": "maybe"})
+    assert bad.returncode == 2 and "TUNE_EXPORT_AGAIN" in bad.stderr, bad.stderr[-3000:]
+    assert modelrepo.list_versions(output / "models", "mnist") == [1, 2, 3]
+
 
 def test_an_export_record_whose_version_is_gone_does_not_count(tmp_path: Path, caplog) -> None:
     from jobs.config import load_config
