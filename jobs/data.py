@@ -226,7 +226,10 @@ def download(cache_dir: str | None) -> Path:
             )
         )
     except Exception as exc:  # network errors come in many types; all mean "no data"
-        raise DataError(f"downloading {KERAS_ORIGIN} into {cache_dir or '~/.keras'} failed: {exc}") from exc
+        raise DataError(
+            f"downloading {KERAS_ORIGIN} into {cache_dir or '~/.keras'} failed: {exc}; "
+            "to use local files, set MNIST_DATA_DIR or --data-dir"
+        ) from exc
 
 
 def load_mnist(directory: str | Path | None, cache_dir: str | None = None) -> Mnist:
