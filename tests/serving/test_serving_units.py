@@ -22,7 +22,12 @@ from tests.support import REPO
 def test_committed_generated_code_matches_the_proto(tmp_path):
     subprocess.run([sys.executable, str(REPO / "protos/generate.py"), "--out", str(tmp_path)], check=True)
     generated = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*.py"))
-    assert generated == [Path("digits/v1/digits_pb2.py"), Path("digits/v1/digits_pb2_grpc.py")]
+    assert generated == [
+        Path("digits/inference/grpc_predict_v2_pb2.py"),
+        Path("digits/inference/grpc_predict_v2_pb2_grpc.py"),
+        Path("digits/v1/digits_pb2.py"),
+        Path("digits/v1/digits_pb2_grpc.py"),
+    ]
     for relative in generated:
         assert (tmp_path / relative).read_text() == (REPO / relative).read_text(), (
             f"{relative} is stale: run python protos/generate.py"
