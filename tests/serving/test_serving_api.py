@@ -364,6 +364,7 @@ def test_reflection_lists_every_service(served):
     assert {service.name for service in response.list_services_response.service} == {
         "digits.v1.DigitClassifier",
         "tensorflow.serving.PredictionService",
+        "inference.GRPCInferenceService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
