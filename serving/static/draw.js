@@ -37,8 +37,12 @@ function setupPen() {
 }
 
 function point(event) {
+  // Canvas pixels from client coordinates (inside the border, whatever the CSS size).
   const rect = pad.getBoundingClientRect();
-  return [(event.clientX - rect.left) * (pad.width / rect.width), (event.clientY - rect.top) * (pad.height / rect.height)];
+  return [
+    (event.clientX - rect.left - pad.clientLeft) * (pad.width / pad.clientWidth),
+    (event.clientY - rect.top - pad.clientTop) * (pad.height / pad.clientHeight),
+  ];
 }
 
 pad.addEventListener("pointerdown", (event) => {
