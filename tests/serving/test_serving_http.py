@@ -283,3 +283,20 @@ def test_the_page_and_its_files_are_served_and_self_contained(served):
     for path in STATIC.iterdir():
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", path.read_text()), path.name
         assert "import(" not in path.read_text() and "cdn" not in path.read_text().lower(), path.name
+
+
+def test_small_responses_are_not_held_back_by_nagle(served):
+    """TCP_NODELAY on accepted connections: without it each keep-alive answer waits ~40 ms for an ACK."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", served.http_port, timeout=10)
+    connection.request("GET", "/v2/health/live")
+    connection.getresponse().read()
+    started = time.perf_counter()
+    for _ in range(20):
+        connection.request(
+            "POST", "/v2/models/mnist/infer", body=b"{", headers={"Content-Type": "application/json"}
+        )
+        assert connection.getresponse().read()
+    connection.close()
+    assert time.perf_counter() - started < 0.5  # 20 x 40 ms would be 0.8 s
