@@ -55,12 +55,12 @@ async def _load(args: argparse.Namespace) -> dict:
     target, concurrency = args.load, args.concurrency
     duration, warmup = args.duration, args.warmup
     latencies: list[float] = []
-    errors = 0
+    errors = completed = 0
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
 
     async def run_worker(call) -> None:
-        nonlocal errors
+        nonlocal errors, completed
         while True:
             began = time.perf_counter()
             if began >= stop_at:
@@ -68,6 +68,7 @@ async def _load(args: argparse.Namespace) -> dict:
             if not await call():
                 errors += 1
                 continue
+            completed += 1
             if began >= measure_from:
                 latencies.append(time.perf_counter() - began)
 
@@ -115,6 +116,7 @@ async def _load(args: argparse.Namespace) -> dict:
         "p50_ms": 1000 * latencies[count // 2] if count else float("nan"),
         "p99_ms": 1000 * latencies[min(count - 1, int(count * 0.99))] if count else float("nan"),
         "errors": errors,
+        "completed": completed,  # warm-up included: divides the server's CPU time
     }
 
 
@@ -191,6 +193,12 @@ def _wait_serving(target: str, process: subprocess.Popen, timeout: float = 120) 
                 pass
             time.sleep(0.02)
     raise TimeoutError(f"{target} not SERVING after {timeout} s")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (noise-robust on a shared machine: work, not wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> tuple[float, float]:
@@ -420,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         target, http_target = f"127.0.0.1:{port}", f"127.0.0.1:{http_port}"
         infer_path = "POST /v2/models/mnist/infer"
         phases = {
+            # phase: (address, method, payload, images per request, concurrency)
             "noop c=1": (target, NOOP_METHOD, "empty", 1, 1),
             "noop c=32": (target, NOOP_METHOD, "empty", 1, 32),
             "Predict 1 img c=1": (target, "/digits.v1.DigitClassifier/Predict", "predict1", 1, 1),
@@ -444,10 +453,16 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_http(f"http://{mlserver_target}/v2/models/mnist/ready", mlserver)
             _wait_serving(target, server)
             _wait_http(f"http://{http_target}/v2/health/ready", server)
+            owner = {target: server, http_target: server, f"127.0.0.1:{noop_port}": http_noop}
+            if args.mlserver:
+                owner[mlserver_target] = mlserver
             results: dict[str, dict] = {}
             for _ in range(args.rounds):  # interleaved rounds; keep each phase's best (least disturbed) run
                 for phase, (where, method, payload, images, concurrency) in phases.items():
+                    process = owner[where]
+                    cpu = _cpu_seconds(process.pid)
                     result = _run_load(where, method, payloads[payload], (images, concurrency), args)
+                    result["cpu_us"] = 1e6 * (_cpu_seconds(process.pid) - cpu) / max(result["completed"], 1)
                     if phase not in results or result["requests_per_s"] > results[phase]["requests_per_s"]:
                         results[phase] = result
             rss, peak = _rss_mb(server.pid)
@@ -462,11 +477,15 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {model_dir}; {args.duration:g} s per phase after {args.warmup:g} s warm-up, "
         f"best of {args.rounds} round(s)"
     )
-    print(f"| {'phase':<24} | {'req/s':>9} | {'images/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | errors |")
-    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 12}|{'-' * 9}|{'-' * 9}|--------|")
+    print(
+        f"| {'phase':<24} | {'req/s':>9} | {'images/s':>10} | {'p50 ms':>7} | {'p99 ms':>7} | errors "
+        "| server CPU us/req |"
+    )
+    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 12}|{'-' * 9}|{'-' * 9}|--------|-------------------|")
     for phase, r in results.items():
         cells = [f"{r['requests_per_s']:>9.0f}", f"{r['images_per_s']:>10.0f}", f"{r['p50_ms']:>7.3f}"]
         cells += [f"{r['p99_ms']:>7.3f}", f"{r.get('errors', '-'):>6}"]
+        cells.append(f"{r['cpu_us']:>17.0f}" if "cpu_us" in r else f"{'-':>17}")
         print(f"| {phase:<24} | " + " | ".join(cells) + " |")
     print(f"cold start (exec -> SERVING): {cold_start:.2f} s; resident memory {cold_rss:.0f} MB after start")
     print(f"resident memory after the load: {rss:.0f} MB (peak {peak:.0f} MB); cpus: {os.cpu_count()}")
@@ -494,6 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, ratio, target_ratio in checks:
         shown = f"{ratio:.2f}x" if target_ratio > 1 else f"{ratio:.0%}"
         print(f"{label}: {shown} -> {'PASS' if ratio >= target_ratio else 'FAIL'}")
+    cpu = {phase: r["cpu_us"] for phase, r in results.items() if "cpu_us" in r}
+    print(
+        "server CPU per request at c=32 (robust to other load on the machine): "
+        f"v2 gRPC {cpu['v2 gRPC infer c=32']:.0f} us vs "
+        f"TF Serving Predict {cpu['TFS Predict 1 img c=32']:.0f} us; "
+        f"HTTP v2 JSON {cpu['HTTP v2 JSON c=32']:.0f} us vs HTTP no-op {cpu['HTTP no-op c=32']:.0f} us"
+        + (f" vs MLServer {cpu['MLServer v2 JSON c=32']:.0f} us" if "MLServer v2 JSON c=32" in cpu else "")
+    )
     p99 = results["Predict 1 img c=1"]["p99_ms"]
     verdict = "PASS" if p99 <= limit else "FAIL"
     print(f"c=1 Predict p99 {p99:.3f} ms <= 2 x (no-op p99 + raw p99) = {limit:.3f} ms -> {verdict}")
