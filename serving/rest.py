@@ -8,7 +8,6 @@ table (``serving/errors.py``) and records the same metrics as gRPC with ``protoc
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -16,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import orjson
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -47,17 +47,16 @@ TFS_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(
 
 
 def json_response(body: object, status: int = 200) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":"), allow_nan=False).encode(), status, media_type=JSON_TYPE
-    )
+    # orjson: ~10x faster than the json module both ways (half the server's CPU per single-image call
+    # went to json); numpy arrays and scalars are written directly, float32 in their shortest form.
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON_TYPE)
 
 
 def parse_json(body: bytes) -> dict:
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise InvalidInput(f"the body is not valid JSON: {detail}") from None
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8, NaN literals, integers beyond 64 bits
+        raise InvalidInput(f"the body is not valid JSON: {exc.msg}") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"the body must be a JSON object, got {type(value).__name__}")
     return value
@@ -180,7 +179,7 @@ class RestApi:
                 "name": output,
                 "datatype": v2.OUTPUT_DATATYPES[output],
                 "shape": list(arrays[output].shape),
-                "data": arrays[output].ravel().tolist(),
+                "data": arrays[output].ravel(),
             }
             for output in wanted
         ]
@@ -264,12 +263,8 @@ class RestApi:
         probabilities, classes = await self.plane.predict(model, images)
         arrays = dict(zip(TFS_OUTPUTS, v2.output_arrays(probabilities, classes).values(), strict=True))
         if row:
-            return {
-                "predictions": [
-                    {key: arrays[key][i].tolist() for key in TFS_OUTPUTS} for i in range(len(images))
-                ]
-            }
-        return {"outputs": {key: arrays[key].tolist() for key in TFS_OUTPUTS}}
+            return {"predictions": [{key: arrays[key][i] for key in TFS_OUTPUTS} for i in range(len(images))]}
+        return {"outputs": {key: arrays[key] for key in TFS_OUTPUTS}}
 
     # ---- the drawing page ----
     async def page(self, request: Request, body: bytes) -> object:
