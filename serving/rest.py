@@ -282,6 +282,8 @@ def create_app(
     api = RestApi(plane, metrics, max_body_bytes)
     e = api._endpoint
     routes = [
+        # The hot paths first: Starlette tries routes in order (each a regex match).
+        Route("/v2/models/{name}/infer", e("v2.ModelInfer", api.infer, body=True), methods=["POST"]),
         Route("/", e("page", api.page), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         Route("/v2/health/live", e("v2.ServerLive", api.server_live), methods=["GET"]),
@@ -295,7 +297,6 @@ def create_app(
         Route(
             "/v2/models/{name}/versions/{version}/ready", e("v2.ModelReady", api.model_ready), methods=["GET"]
         ),
-        Route("/v2/models/{name}/infer", e("v2.ModelInfer", api.infer, body=True), methods=["POST"]),
         Route(
             "/v2/models/{name}/versions/{version}/infer",
             e("v2.ModelInfer", api.infer, body=True),
