@@ -261,7 +261,7 @@ class RestApi:
         check_shape(list(array.shape), self.plane.max_images, field)
         images = check_range(array.astype(np.float32, copy=False), field)
         probabilities, classes = await self.plane.predict(model, images)
-        arrays = dict(zip(TFS_OUTPUTS, v2.output_arrays(probabilities, classes).values(), strict=True))
+        arrays = v2.output_arrays(probabilities, classes)  # keyed by output name, as TF Serving's
         if row:
             return {"predictions": [{key: arrays[key][i] for key in TFS_OUTPUTS} for i in range(len(images))]}
         return {"outputs": {key: arrays[key] for key in TFS_OUTPUTS}}
