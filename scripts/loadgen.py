@@ -3,8 +3,10 @@
 ``python scripts/loadgen.py --target HOST:PORT [--duration S] [--concurrency N] [--rate R]``: each worker
 sends ``digits.v1.Predict`` calls (random batches of 1..--max-batch raw images); every --invalid-every-th
 call is deliberately malformed (INVALID_ARGUMENT) and every --metadata-every-th is ``GetModelMetadata``,
-so every panel (error ratio by code included) gets data. Prints the status-code counts at the end; exits
-1 when no Predict succeeded. Used by compose.yaml (service ``loadgen``) and tests/deploy.
+so every panel (error ratio by code included) gets data. With ``--http-target HOST:PORT`` every
+--http-every-th call is an Open Inference Protocol v2 REST ``infer`` over HTTP/JSON instead (malformed
+ones too), so the dashboard's protocol panels show both protocols. Prints the status-code counts at the
+end; exits 1 when no Predict succeeded. Used by compose.yaml (service ``loadgen``) and tests/deploy.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import logging
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -24,6 +29,24 @@ from digits.v1 import digits_pb2, digits_pb2_grpc
 log = logging.getLogger("loadgen")
 
 PIXELS = 28 * 28
+
+
+def _http_infer(target: str, images: np.ndarray, invalid: bool, timeout: float) -> str:
+    """One v2 REST infer (blocking; run in a thread); returns the outcome's counter key."""
+    shape = [len(images) + 1 if invalid else len(images), PIXELS]
+    tensor = {"name": "images", "datatype": "UINT8", "shape": shape, "data": images.ravel().tolist()}
+    request = urllib.request.Request(
+        f"http://{target}/v2/models/mnist/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return "http Predict OK"
+    except urllib.error.HTTPError as exc:
+        return f"http {exc.code}"
+    except OSError:
+        return "http unreachable"
 
 
 async def _worker(
@@ -40,7 +63,14 @@ async def _worker(
         call += 1
         started = time.monotonic()
         try:
-            if args.metadata_every and call % args.metadata_every == 0:
+            if args.http_target and call % args.http_every == 0:
+                size = int(rng.integers(1, args.max_batch + 1))
+                images = rng.integers(0, 256, size=(size, PIXELS), dtype=np.uint8)
+                invalid = bool(args.invalid_every and (call // args.http_every) % args.invalid_every == 0)
+                counts[
+                    await asyncio.to_thread(_http_infer, args.http_target, images, invalid, args.timeout)
+                ] += 1
+            elif args.metadata_every and call % args.metadata_every == 0:
                 await stub.GetModelMetadata(digits_pb2.GetModelMetadataRequest(), timeout=args.timeout)
                 counts["GetModelMetadata OK"] += 1
             else:
@@ -83,11 +113,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch per Predict (default 8)")
     parser.add_argument("--invalid-every", type=int, default=25, help="every Nth call malformed (0: never)")
     parser.add_argument("--metadata-every", type=int, default=50, help="every Nth call GetModelMetadata")
+    parser.add_argument("--http-target", help="HTTP address HOST:PORT: send some calls as v2 REST infer")
+    parser.add_argument(
+        "--http-every", type=int, default=4, help="with --http-target, every Nth call is HTTP"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server")
     args = parser.parse_args(argv)
-    if args.concurrency < 1 or args.max_batch < 1 or args.rate < 0 or args.duration < 0:
-        parser.error("--concurrency and --max-batch must be >= 1, --rate and --duration >= 0")
+    if (
+        args.concurrency < 1
+        or args.max_batch < 1
+        or args.rate < 0
+        or args.duration < 0
+        or args.http_every < 1
+    ):
+        parser.error("--concurrency, --max-batch, --http-every must be >= 1, --rate and --duration >= 0")
     return args
 
 

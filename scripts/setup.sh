@@ -13,7 +13,7 @@ SUPPORTED="3.11 3.12 3.13"
 apt_packages=()
 case "$profile" in
   train) extras="train" ;;
-  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway openssl) ;;
+  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway openssl chromium chromium-driver) ;;
   e2e) extras="train,serve,dev"
        apt_packages=(prometheus prometheus-pushgateway openssl podman runc buildah debootstrap podman-compose) ;;
   *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;

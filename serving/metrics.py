@@ -25,7 +25,7 @@ LATENCY_BUCKETS = (
     5.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-METHODS = ("Predict", "GetModelMetadata", "tfs.Predict", "tfs.GetModelMetadata")
+PROTOCOLS = ("grpc", "http")
 
 
 class ServingMetrics:
@@ -35,12 +35,15 @@ class ServingMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "digits_requests", "RPCs handled, by method and gRPC status code", ["method", "code"], registry=r
+            "digits_requests",
+            "Requests handled, by protocol, method and status (the gRPC status name, for HTTP too)",
+            ["protocol", "method", "code"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "digits_request_duration_seconds",
-            "Server-side RPC latency: parsing, validation, queueing, model call and encoding",
-            ["method"],
+            "Server-side request latency: parsing, validation, queueing, model call and encoding",
+            ["protocol", "method"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -60,7 +63,10 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.inflight = Gauge("digits_inflight_requests", "RPCs being handled", registry=r)
+        self.inflight = Gauge(
+            "digits_inflight_requests", "Requests being handled, by protocol", ["protocol"], registry=r
+        )
+        self.inflight_by_protocol = {p: self.inflight.labels(protocol=p) for p in PROTOCOLS}
         self.loaded_version = Gauge(
             "digits_model_loaded_version", "Newest loaded version (0: none)", ["model"], registry=r
         )
@@ -72,18 +78,22 @@ class ServingMetrics:
         )
         # Label children are looked up once: .labels() costs a lock and a dict lookup per call.
         self.digit_counters = [self.predicted_class.labels(digit=str(d)) for d in range(10)]
-        self._durations = {method: self.request_duration.labels(method=method) for method in METHODS}
-        self._counts: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._counts: dict[tuple[str, str, str], Counter] = {}
 
-    def observe_request(self, method: str, code: str, seconds: float) -> None:
-        """Record one finished RPC."""
-        counter = self._counts.get((method, code))
+    def observe_request(self, protocol: str, method: str, code: str, seconds: float) -> None:
+        """Record one finished request (``protocol``: grpc or http; ``code``: a gRPC status name)."""
+        counter = self._counts.get((protocol, method, code))
         if counter is None:
-            counter = self._counts[(method, code)] = self.requests.labels(method=method, code=code)
+            counter = self._counts[(protocol, method, code)] = self.requests.labels(
+                protocol=protocol, method=method, code=code
+            )
         counter.inc()
-        duration = self._durations.get(method)
+        duration = self._durations.get((protocol, method))
         if duration is None:
-            duration = self._durations[method] = self.request_duration.labels(method=method)
+            duration = self._durations[(protocol, method)] = self.request_duration.labels(
+                protocol=protocol, method=method
+            )
         duration.observe(seconds)
 
     def observe_predictions(self, classes_counts: list[int]) -> None:

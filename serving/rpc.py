@@ -42,10 +42,11 @@ def _wrap(
     label: str, handler: Handler, request_class: type[Message], metrics: ServingMetrics
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     type_name = request_class.DESCRIPTOR.full_name
+    inflight = metrics.inflight_by_protocol["grpc"]
 
     async def behaviour(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
-        metrics.inflight.inc()
+        inflight.inc()
         try:
             try:
                 request = request_class.FromString(data)
@@ -71,5 +72,5 @@ def _wrap(
 
 
 def _finish(metrics: ServingMetrics, label: str, code: str, started: float) -> None:
-    metrics.inflight.dec()
-    metrics.observe_request(label, code, time.perf_counter() - started)
+    metrics.inflight_by_protocol["grpc"].dec()
+    metrics.observe_request("grpc", label, code, time.perf_counter() - started)

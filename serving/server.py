@@ -1,7 +1,11 @@
 """The prediction server: ``create_server(settings)`` builds and binds it, ``serve`` runs it until SIGTERM.
 
-``python -m serving.server --model-root DIR [--port N] [--metrics-port N] ...`` (all flags: ``--help``;
-each is also a ``DIGITS_*`` environment variable).
+One event loop runs the gRPC server (digits.v1, TF Serving, Open Inference Protocol v2, health,
+reflection) and the HTTP/JSON server (v2 REST, TF Serving REST, the drawing page); both feed the same
+data plane, batcher and metrics.
+
+``python -m serving.server --model-root DIR [--port N] [--http-port N] [--metrics-port N] ...`` (all flags:
+``--help``; each is also a ``DIGITS_*`` environment variable).
 """
 
 from __future__ import annotations
@@ -22,27 +26,34 @@ from prometheus_client import start_http_server
 from pydantic import ValidationError
 from tensorflow_serving.apis import prediction_service_pb2
 
+from digits.inference import grpc_predict_v2_pb2
 from digits.v1 import digits_pb2
 
 from .batcher import Batcher
+from .dataplane import DataPlane
 from .digits_servicer import DigitsServicer
+from .http_server import HttpServer
 from .metrics import ServingMetrics
 from .model_store import ModelStore, configure_tensorflow_threads
+from .rest import create_app
 from .rpc import service_handler
 from .settings import Settings, parse_settings
 from .tfs_servicer import TfsPredictionServicer
+from .v2_servicer import V2Servicer
 
 log = logging.getLogger(__name__)
 
 DIGITS_SERVICE = digits_pb2.DESCRIPTOR.services_by_name["DigitClassifier"]
 TFS_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+V2_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
 LIVENESS_SERVICE = "liveness"  # SERVING while the process answers (Kubernetes liveness probe)
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class PredictionServer:
-    """A bound (not yet started) server: gRPC services, model store, batcher and /metrics endpoint."""
+    """A bound (not yet started) server: gRPC and HTTP servers, model store, batcher, /metrics endpoint."""
 
     def __init__(self, settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
         self.settings = settings
@@ -67,9 +78,12 @@ class PredictionServer:
             ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
         ]
         self.grpc_server = grpc.aio.server(options=options)
-        common = (self.store, self.batcher, settings.default_model, settings.max_images_per_request)
-        digits = DigitsServicer(*common)
-        tfs = TfsPredictionServicer(*common)
+        self.plane = DataPlane(
+            self.store, self.batcher, settings.default_model, settings.max_images_per_request
+        )
+        digits = DigitsServicer(self.plane)
+        tfs = TfsPredictionServicer(self.plane)
+        v2 = V2Servicer(self.plane)
         self.grpc_server.add_generic_rpc_handlers(
             [
                 service_handler(
@@ -88,22 +102,44 @@ class PredictionServer:
                     },
                     self.metrics,
                 ),
+                service_handler(
+                    V2_SERVICE,
+                    {name: (f"v2.{name}", getattr(v2, name)) for name in V2_METHODS},
+                    self.metrics,
+                ),
                 *extra_handlers,
             ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            [DIGITS_SERVICE.full_name, TFS_SERVICE.full_name, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME],
+            [
+                DIGITS_SERVICE.full_name,
+                TFS_SERVICE.full_name,
+                V2_SERVICE.full_name,
+                HEALTH_SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ],
             self.grpc_server,
         )
         address = f"{settings.host}:{settings.port}"
         if settings.tls_cert is not None and settings.tls_key is not None:
+            client_ca = settings.tls_client_ca
             credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+                root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+                require_client_auth=client_ca is not None,
             )
             self.port = self.grpc_server.add_secure_port(address, credentials)
         else:
             self.port = self.grpc_server.add_insecure_port(address)
+        app = create_app(
+            self.plane,
+            self.metrics,
+            max_body_bytes=settings.max_body_bytes,
+            cors_origins=settings.cors_origins,
+        )
+        self.http = HttpServer(app, settings)
+        self.http_port: int = self.http.port
         self._httpd, _ = start_http_server(
             settings.metrics_port, settings.metrics_host, registry=self.metrics.registry
         )
@@ -115,12 +151,18 @@ class PredictionServer:
         await self.health.set(LIVENESS_SERVICE, SERVING_STATUS)
         self.batcher.start()
         await self.grpc_server.start()
+        await self.http.start()
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poller")
+        security = "plaintext"
+        if self.settings.tls_cert:
+            security = "mutual TLS" if self.settings.tls_client_ca else "TLS"
         log.info(
-            "gRPC on %s:%d (%s), metrics on %s:%d/metrics, model root %s",
+            "gRPC on %s:%d, HTTP on %s:%d (%s), metrics on %s:%d/metrics, model root %s",
             self.settings.host,
             self.port,
-            "TLS" if self.settings.tls_cert else "plaintext",
+            self.settings.host,
+            self.http_port,
+            security,
             self.settings.metrics_host,
             self.metrics_port,
             self.settings.model_root,
@@ -139,16 +181,17 @@ class PredictionServer:
             await asyncio.sleep(self.settings.poll_interval_seconds)
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", DIGITS_SERVICE.full_name, TFS_SERVICE.full_name):
+        for service in ("", DIGITS_SERVICE.full_name, TFS_SERVICE.full_name, V2_SERVICE.full_name):
             await self.health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace`` seconds, then stop."""
         await self.health.enter_graceful_shutdown()
+        self.plane.stopping = True  # v2 ready endpoints answer false from now on
         if self._poller is not None:
             self._poller.cancel()
         self.batcher.drain()
-        await self.grpc_server.stop(grace)
+        await asyncio.gather(self.grpc_server.stop(grace), self.http.stop())
         await self.batcher.close()
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 import modelrepo
@@ -27,8 +27,23 @@ class Settings(BaseSettings):
     default_model: str = Field(
         default=modelrepo.DEFAULT_MODEL_NAME, description="model answering requests that name no model"
     )
-    host: str = Field(default="0.0.0.0", description="gRPC listen address")
+    host: str = Field(default="0.0.0.0", description="gRPC and HTTP listen address")
     port: int = Field(default=8500, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    http_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="HTTP/JSON port: Open Inference Protocol v2 REST, TF Serving REST, the page at / "
+        "(0 picks a free one)",
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="largest HTTP request body (413 above it)"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the HTTP API from a browser (CORS); empty: CORS off. "
+        "Environment: a JSON list, e.g. '[\"https://example.org\"]'",
+    )
     metrics_host: str = Field(default="0.0.0.0", description="metrics HTTP listen address")
     metrics_port: int = Field(default=8000, ge=0, le=65535, description="/metrics port (0 picks a free one)")
     poll_interval_seconds: float = Field(
@@ -75,13 +90,28 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain; enables TLS with tls_key")
     tls_key: Path | None = Field(default=None, description="PEM private key for tls_cert")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle; with TLS on, both ports require client certificates signed by it (mTLS)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+
+    @field_validator("default_model")
+    @classmethod
+    def _model_name(cls, name: str) -> str:
+        # ModelRepositoryError is not a ValueError: pydantic would let it escape as a traceback.
+        try:
+            return modelrepo.validate_model_name(name)
+        except modelrepo.ModelRepositoryError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together (or neither)")
-        for path in (self.tls_cert, self.tls_key):
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
         if self.max_images_per_request > self.max_queued_images:
@@ -95,7 +125,8 @@ class Settings(BaseSettings):
                 f"max_message_bytes ({self.max_message_bytes}) is too small for max_images_per_request "
                 f"({self.max_images_per_request}) float images: need at least {largest}"
             )
-        modelrepo.validate_model_name(self.default_model)
+        if self.http_port and self.http_port in (self.port, self.metrics_port):
+            raise ValueError(f"http_port {self.http_port} is also the gRPC or metrics port")
         return self
 
 

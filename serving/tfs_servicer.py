@@ -18,9 +18,9 @@ from tensorflow_serving.apis import (
 
 import modelrepo
 
-from .batcher import Batcher
+from .dataplane import DataPlane
 from .errors import InvalidInput
-from .model_store import LoadedModel, ModelStore
+from .model_store import LoadedModel
 from .validation import PIXELS, check_range, check_shape
 
 OUTPUTS = (modelrepo.OUTPUT_PROBABILITIES, modelrepo.OUTPUT_CLASSES)
@@ -30,24 +30,14 @@ SIGNATURE_DEF_FIELD = "signature_def"
 class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Only Predict and GetModelMetadata are served; Classify, Regress, MultiInference are UNIMPLEMENTED."""
 
-    def __init__(self, store: ModelStore, batcher: Batcher, default_model: str, max_images: int) -> None:
-        self._store = store
-        self._batcher = batcher
-        self._default_model = default_model
-        self._max_images = max_images
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
 
     def _model(self, spec: model_pb2.ModelSpec) -> LoadedModel:
         if spec.WhichOneof("version_choice") == "version_label":
             raise InvalidInput(f"version labels are not supported (got {spec.version_label!r}); use version")
         version = spec.version.value if spec.HasField("version") else None
-        if version is not None and version <= 0:
-            raise InvalidInput(f"model_spec.version must be positive, got {version}")
-        if spec.signature_name not in ("", modelrepo.SIGNATURE_NAME):
-            raise InvalidInput(
-                f"signature {spec.signature_name!r} not found; "
-                f"the only signature is {modelrepo.SIGNATURE_NAME!r}"
-            )
-        return self._store.get(spec.name or self._default_model, version)
+        return resolve_model(self._plane, spec.name, version, spec.signature_name)
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -62,7 +52,7 @@ class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceService
         if unknown:
             raise InvalidInput(f"output_filter names unknown outputs {unknown}; outputs are {list(OUTPUTS)}")
         images = self._images(request.inputs[modelrepo.INPUT_KEY])
-        probabilities, classes = await self._batcher.predict(model, images)
+        probabilities, classes = await self._plane.predict(model, images)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model.name
         response.model_spec.version.value = model.version
@@ -88,7 +78,7 @@ class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceService
             raise InvalidInput(f"{field} has dtype {dtype}; expected DT_FLOAT")
         if tensor.tensor_shape.unknown_rank:
             raise InvalidInput(f"{field} has an unknown rank; expected shape [N, 28, 28]")
-        count = check_shape([dim.size for dim in tensor.tensor_shape.dim], self._max_images, field)
+        count = check_shape([dim.size for dim in tensor.tensor_shape.dim], self._plane.max_images, field)
         if tensor.tensor_content:
             if len(tensor.tensor_content) != count * PIXELS * 4:
                 raise InvalidInput(
@@ -121,6 +111,17 @@ class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceService
         signatures.signature_def[modelrepo.SIGNATURE_NAME].CopyFrom(model.signature_def)
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
         return response
+
+
+def resolve_model(plane: DataPlane, name: str, version: int | None, signature_name: str) -> LoadedModel:
+    """The model a TF Serving request (gRPC or REST) names; its signature must be ours (or empty)."""
+    if version is not None and version <= 0:
+        raise InvalidInput(f"model_spec.version must be positive, got {version}")
+    if signature_name not in ("", modelrepo.SIGNATURE_NAME):
+        raise InvalidInput(
+            f"signature {signature_name!r} not found; the only signature is {modelrepo.SIGNATURE_NAME!r}"
+        )
+    return plane.model(name, version)
 
 
 def _tensor(array: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:

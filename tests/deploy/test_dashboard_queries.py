@@ -29,7 +29,7 @@ from tests.support.tools import require_tools
 DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "digits.json"
 RULES = REPO / "monitoring" / "rules" / "digits-alerts.yml"
 # Grafana's template variables, as Grafana would expand them for "All" and a short time range.
-TEMPLATE_VALUES = {"$__rate_interval": "15s", "$instance": ".*"}
+TEMPLATE_VALUES = {"$__rate_interval": "15s", "$instance": ".*", "$protocol": ".*"}
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +123,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 "127.0.0.1",
                 "--metrics-port",
                 "0",
+                "--http-port",
+                "0",
                 "--poll-interval-seconds",
                 "0.5",
             ],
@@ -131,13 +133,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         processes.append(server)
         ports = wait_for(
             lambda: (
-                re.search(r"gRPC on \S+?:(\d+) .*metrics on \S+?:(\d+)/metrics", server.output())
+                re.search(
+                    r"gRPC on \S+?:(\d+), HTTP on \S+?:(\d+) .*metrics on \S+?:(\d+)/metrics", server.output()
+                )
                 or (server.proc.poll() is not None and pytest.fail(f"server exited:\n{server.output()}"))
             ),
             90,
             "the server's listening log line",
         )
-        grpc_port, metrics_port = int(ports.group(1)), int(ports.group(2))
+        grpc_port, http_port, metrics_port = (int(port) for port in ports.groups())
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             wait_for(
@@ -214,6 +218,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 "10",
                 "--metadata-every",
                 "7",
+                "--http-target",
+                f"127.0.0.1:{http_port}",
+                "--http-every",
+                "3",
             ],
             tmp / "loadgen.log",
         )
@@ -258,6 +266,14 @@ def test_every_panel_query_returns_data(stack: dict) -> None:
     assert float(query(base, 'max(digits_model_loaded_version{model="mnist"})')[0]["value"][1]) == 1
     codes = {s["metric"]["code"] for s in query(base, "sum by (code) (digits_requests_total)")}
     assert {"OK", "INVALID_ARGUMENT"} <= codes
+    # Both protocols feed the same metric names, told apart by the protocol label.
+    by_protocol = query(base, "sum by (protocol, code) (digits_requests_total)")
+    assert {(s["metric"]["protocol"], s["metric"]["code"]) for s in by_protocol} >= {
+        ("grpc", "OK"),
+        ("grpc", "INVALID_ARGUMENT"),
+        ("http", "OK"),
+        ("http", "INVALID_ARGUMENT"),
+    }
     accuracy = query(base, 'max(digits_tune_best_val_accuracy{job="mnist_tune"})')
     assert float(accuracy[0]["value"][1]) == pytest.approx(0.97)
 

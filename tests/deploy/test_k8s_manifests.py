@@ -92,7 +92,7 @@ def test_serving_pod_is_hardened_and_probed(documents: list[dict]) -> None:
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 8500, "metrics": 8000}
+    assert ports == {"grpc": 8500, "http": 8080, "metrics": 8000}
     # Ready (service "") only with a model loaded; started and alive (service "liveness") without one.
     from serving.server import LIVENESS_SERVICE
 
@@ -188,16 +188,24 @@ def test_tune_oracle_is_reachable_from_tune_pods_only(documents: list[dict]) -> 
 
 
 def test_serving_environment_names_real_settings(documents: list[dict]) -> None:
-    """The service ignores unknown DIGITS_* variables, so a typo in a manifest would pass silently."""
+    """Every variable of the container is a service setting: the service ignores unknown DIGITS_*
+    variables and reads no other, so a typo or a foreign variable (TF_NUM_INTRAOP_THREADS, which the
+    service's own thread setting overrides) would pass silently."""
     from serving.settings import Settings
 
     container = find(documents, "Deployment", "mnist-serve")["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("DIGITS_")}
+    env = {e["name"]: e["value"] for e in container["env"]}
     assert env
-    unknown = [name for name in env if name.removeprefix("DIGITS_").lower() not in Settings.model_fields]
+    unknown = [
+        name
+        for name in env
+        if not name.startswith("DIGITS_") or name.removeprefix("DIGITS_").lower() not in Settings.model_fields
+    ]
     assert not unknown, f"not service settings: {unknown}"
     settings = Settings(**{name.removeprefix("DIGITS_").lower(): value for name, value in env.items()})
-    assert (settings.port, settings.metrics_port) == (8500, 8000)
+    assert (settings.port, settings.http_port, settings.metrics_port) == (8500, 8080, 8000)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (ports["grpc"], ports["http"], ports["metrics"]) == (8500, 8080, 8000)
     # The SIGTERM grace must end before Kubernetes kills the pod.
     grace = find(documents, "Deployment", "mnist-serve")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"

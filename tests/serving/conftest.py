@@ -49,6 +49,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
             "model_root": tmp_path / "models",
             "host": "127.0.0.1",
             "port": 0,
+            "http_port": 0,
             "metrics_host": "127.0.0.1",
             "metrics_port": 0,
             "poll_interval_seconds": 0.2,

@@ -239,14 +239,17 @@ def test_tf_serving_status_codes(served, test_images):
 
 
 def test_error_table_covers_every_error_class():
-    for error_type, expected in [
-        (errors.InvalidInput, INVALID),
-        (errors.ModelNotFound, NOT_FOUND),
-        (errors.ModelUnavailable, UNAVAILABLE),
-        (errors.Overloaded, EXHAUSTED),
+    for error_type, expected, http in [
+        (errors.InvalidInput, INVALID, 400),
+        (errors.ModelNotFound, NOT_FOUND, 404),
+        (errors.ModelUnavailable, UNAVAILABLE, 503),
+        (errors.Overloaded, EXHAUSTED, 429),
+        (errors.PayloadTooLarge, EXHAUSTED, 413),
     ]:
         assert errors.status_for(error_type("detail")) == (expected, "detail")
+        assert errors.classify(error_type("detail")) == (errors.Status(expected, http), "detail")
     assert errors.status_for(KeyError("secret")) == (INTERNAL, errors.INTERNAL_MESSAGE)
+    assert errors.classify(KeyError("secret")) == (errors.Status(INTERNAL, 500), errors.INTERNAL_MESSAGE)
     assert {cls for cls, _ in errors.STATUS_TABLE} == set(errors.ServingError.__subclasses__())
 
 
@@ -329,7 +332,8 @@ def test_queue_full_is_resource_exhausted(start_server, exported, tmp_path):
         first = pool.submit(call_code, stub.Predict, request)
         registry = server.server.metrics.registry
         deadline = time.monotonic() + 30
-        while registry.get_sample_value("digits_inflight_requests") != 1 and time.monotonic() < deadline:
+        inflight = ("digits_inflight_requests", {"protocol": "grpc"})
+        while registry.get_sample_value(*inflight) != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         code, details = call_code(stub.Predict, request)
         assert code == EXHAUSTED and "queue is full" in details
@@ -360,6 +364,7 @@ def test_reflection_lists_every_service(served):
     assert {service.name for service in response.list_services_response.service} == {
         "digits.v1.DigitClassifier",
         "tensorflow.serving.PredictionService",
+        "inference.GRPCInferenceService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -40,17 +40,19 @@ def test_metrics_after_traffic(served):
     def value(name: str, **labels: str) -> float | None:
         return samples.get((name, tuple(sorted(labels.items()))))
 
-    assert value("digits_requests_total", method="Predict", code="OK") == 2
-    assert value("digits_requests_total", method="Predict", code="INVALID_ARGUMENT") == 1
-    assert value("digits_requests_total", method="Predict", code="NOT_FOUND") == 1
-    assert value("digits_request_duration_seconds_count", method="Predict") == 4
-    assert value("digits_request_duration_seconds_bucket", method="Predict", le="0.0001") is not None
-    assert value("digits_request_duration_seconds_bucket", method="Predict", le="+Inf") == 4
+    grpc_ = {"protocol": "grpc"}
+    assert value("digits_requests_total", method="Predict", code="OK", **grpc_) == 2
+    assert value("digits_requests_total", method="Predict", code="INVALID_ARGUMENT", **grpc_) == 1
+    assert value("digits_requests_total", method="Predict", code="NOT_FOUND", **grpc_) == 1
+    assert value("digits_request_duration_seconds_count", method="Predict", **grpc_) == 4
+    assert value("digits_request_duration_seconds_bucket", method="Predict", le="0.0001", **grpc_) is not None
+    assert value("digits_request_duration_seconds_bucket", method="Predict", le="+Inf", **grpc_) == 4
     assert value("digits_images_classified_total") == 8
     assert value("digits_batch_size_count") == 2 and value("digits_batch_size_sum") == 8
     assert value("digits_queue_wait_seconds_count") == 2
     assert value("digits_model_execution_seconds_count") == 2
-    assert value("digits_inflight_requests") == 0
+    assert value("digits_inflight_requests", protocol="grpc") == 0
+    assert value("digits_inflight_requests", protocol="http") == 0
     assert value("digits_model_loaded_version", model="mnist") == 1
     assert value("digits_model_loads_total", model="mnist", outcome="success") == 1
     predicted = sum(value("digits_predicted_class_total", digit=str(d)) or 0 for d in range(10))

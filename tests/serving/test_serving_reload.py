@@ -126,12 +126,15 @@ def test_hot_reload_under_load_skips_bad_versions(start_server, exported, tmp_pa
 
 
 def _metric(port: int, name: str) -> float | None:
+    """The sum of every sample of ``name`` (all label values), None if there is none."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    return None
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+    return sum(values) if values else None
 
 
 @pytest.mark.timeout(240)
@@ -143,7 +146,8 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
     # A 30 s batching delay holds every request in the queue until SIGTERM drains it.
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model-root", str(root), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-host", "127.0.0.1", "--max-queue-delay-us", "30000000",
+         "--port", str(port), "--http-port", "0", "--metrics-host", "127.0.0.1",
+         "--max-queue-delay-us", "30000000",
          "--max-batch-size", "1024", "--grace-seconds", "20"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,12 @@ from tests.support import REPO
 def test_committed_generated_code_matches_the_proto(tmp_path):
     subprocess.run([sys.executable, str(REPO / "protos/generate.py"), "--out", str(tmp_path)], check=True)
     generated = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*.py"))
-    assert generated == [Path("digits/v1/digits_pb2.py"), Path("digits/v1/digits_pb2_grpc.py")]
+    assert generated == [
+        Path("digits/inference/grpc_predict_v2_pb2.py"),
+        Path("digits/inference/grpc_predict_v2_pb2_grpc.py"),
+        Path("digits/v1/digits_pb2.py"),
+        Path("digits/v1/digits_pb2_grpc.py"),
+    ]
     for relative in generated:
         assert (tmp_path / relative).read_text() == (REPO / relative).read_text(), (
             f"{relative} is stale: run python protos/generate.py"
@@ -161,3 +167,18 @@ def test_full_queue_rejects_at_once(model):
         await batcher.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["environment", "flag"])
+def test_a_bad_default_model_exits_2_naming_the_field(tmp_path, how):
+    """A name the repository contract rejects is a settings error (exit 2), not a traceback."""
+    env = {**os.environ, "DIGITS_MODEL_ROOT": str(tmp_path)}
+    args = [sys.executable, "-m", "serving.server", "--http-port", "0", "--port", "0", "--metrics-port", "0"]
+    if how == "environment":
+        env["DIGITS_DEFAULT_MODEL"] = "../etc"
+    else:
+        args += ["--default-model", "../etc"]
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "default_model" in result.stderr and "not a valid folder name" in result.stderr
+    assert "Traceback" not in result.stderr

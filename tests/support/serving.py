@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -74,8 +77,10 @@ class ServerThread:
         if not self._ready.wait(60) or self._error is not None:
             raise RuntimeError(f"server did not start: {self._error!r}")
         self.port = self.server.port
+        self.http_port = self.server.http_port
         self.metrics_port = self.server.metrics_port
         self.target = f"127.0.0.1:{self.port}"
+        self.base_url = f"http{'s' if settings.tls_cert else ''}://127.0.0.1:{self.http_port}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -98,6 +103,25 @@ class ServerThread:
             asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(60)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+
+
+def http_call(
+    url: str, body: object = None, *, method: str | None = None, headers: dict | None = None, context=None
+) -> tuple[int, dict | str, dict]:
+    """(status, JSON body or text, headers) of one HTTP request; ``body`` is JSON-encoded unless bytes."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            status, raw, found = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, raw, found = exc.code, exc.read(), dict(exc.headers)
+    try:
+        return status, json.loads(raw), found
+    except ValueError:
+        return status, raw.decode(errors="replace"), found
 
 
 def wait_serving(target: str, timeout: float = 60.0, service: str = "") -> None:
