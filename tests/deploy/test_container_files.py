@@ -15,7 +15,13 @@ from compose_spec import PyCompose
 
 from tests.support import REPO
 
-DOCKERFILES = ("Dockerfile.serve", "Dockerfile.train")
+DOCKERFILES = (
+    "Dockerfile.serve",
+    "Dockerfile.train",
+    # The e2e test's stand-ins for the Prometheus and Pushgateway images (tests/deploy/test_e2e.py).
+    "tests/deploy/compose/prometheus.Containerfile",
+    "tests/deploy/compose/pushgateway.Containerfile",
+)
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 
 # Compose's variable syntax (the subset the files use): ${VAR}, ${VAR:-default}, ${VAR:?error}, $$.

@@ -236,6 +236,13 @@ def recorded_metadata(stack: Stack, version: int) -> dict:
     return json.loads(run(["podman", "exec", serve["Id"], "cat", path], env=stack.env).stdout)
 
 
+def published_versions(stack: Stack) -> list[int]:
+    """The model versions in the workspace volume, as serve sees them."""
+    serve = stack.container("serve")
+    listing = run(["podman", "exec", serve["Id"], "ls", "/workspace/run/models/mnist"], env=stack.env).stdout
+    return sorted(int(name) for name in listing.split() if name.isdigit())
+
+
 def build_stand_ins(stack: Stack) -> list[str]:
     """Build the Debian stand-ins and tag them with compose.yaml's image names; returns the tags added."""
     added = []
@@ -449,6 +456,8 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
         f"{serve_start - tune_end:.1f} s after it"
     )
 
+    # One tune run, one version: no dependent's start ran the job again.
+    assert published_versions(stack) == [1], published_versions(stack)
     say("3/6 serve healthy (compose's health check), Predict from the host")
     say(f"serve healthy {wait_healthy(stack):.0f} s after the check began")
     recorded = recorded_metadata(stack, 1)
@@ -517,6 +526,7 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
         "serve to load version 2",
         interval=2,
     )
+    assert published_versions(stack) == [1, 2], published_versions(stack)
     after = stack.container("serve")
     assert after["Id"] == before["Id"], "serve was recreated"
     assert after["State"]["StartedAt"] == before["State"]["StartedAt"], "serve was restarted"
