@@ -16,7 +16,7 @@ What runs (needs root, ``scripts/setup.sh e2e`` and ``MNIST_DATA_DIR`` pointing 
 4. a second ``up`` (``TUNE_PRESET=smoke``) on the same volume publishes version 2 and serve switches to
    it without a restart; ``down -v`` leaves no container or volume.
 
-``E2E_KEEP=1`` leaves the stack up for debugging (the test prints the commands to inspect and remove it).
+``E2E_KEEP=1``: a failing run leaves the stack up for debugging (the test prints the command to remove it).
 Every step is judged by its exit code and its own output, never by where a line lands in a log (podman
 writes progress such as ``Storing signatures`` to stderr on a first run).
 """
