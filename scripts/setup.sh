@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up this checkout: system tools (on Debian/Ubuntu, when root) and a virtualenv in .venv.
 #   scripts/setup.sh train   the tuning job only (no system tools)
-#   scripts/setup.sh dev     everything the default test run needs (job, service, Prometheus, Pushgateway, ...)
-#   scripts/setup.sh e2e     dev + podman and debootstrap for the container end-to-end test
+#   scripts/setup.sh dev     everything the default test run needs (job, service, Prometheus, Pushgateway,
+#                            Chromium for the page test, ...)
+#   scripts/setup.sh e2e     dev + podman, debootstrap, the CNI dnsname plugin and podman-compose (pinned in
+#                            requirements-e2e.txt) for the container end-to-end test (pytest -m e2e)
 # The interpreter: $PYTHON if set, else the first of python3.13, python3.12, python3.11, python3 whose
 # version the pinned wheels support (SUPPORTED below; pyproject.toml's requires-python says the same).
 set -euo pipefail
@@ -15,7 +17,10 @@ case "$profile" in
   train) extras="train" ;;
   dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway openssl chromium chromium-driver) ;;
   e2e) extras="train,serve,dev"
-       apt_packages=(prometheus prometheus-pushgateway openssl podman runc buildah debootstrap podman-compose) ;;
+       # The dnsname CNI plugin: compose services reach each other by name (podman here uses CNI).
+       # podman-compose comes from PyPI (requirements-e2e.txt): Debian's 1.0.3 ignores depends_on conditions.
+       apt_packages=(prometheus prometheus-pushgateway openssl podman runc buildah debootstrap
+                     golang-github-containernetworking-plugin-dnsname) ;;
   *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;
 esac
 
@@ -74,3 +79,6 @@ else
   "$python" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
+if [ "$profile" = e2e ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -r requirements-e2e.txt
+fi
