@@ -72,3 +72,13 @@ def served(start_server, exported, tmp_path: Path) -> ServerThread:
     server = start_server(model_root=root)
     wait_serving(server.target)
     return server
+
+
+@pytest.fixture(scope="session")
+def test_images(digits_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic test split: 200 uint8 images [200, 28, 28] and their labels."""
+    from serving.client import read_idx
+
+    return read_idx(digits_dir / "t10k-images-idx3-ubyte.gz"), read_idx(
+        digits_dir / "t10k-labels-idx1-ubyte.gz"
+    )

@@ -23,7 +23,6 @@ from tensorflow_serving.apis import (
 import modelrepo
 from digits.v1 import digits_pb2, digits_pb2_grpc
 from serving import errors
-from serving.client import read_idx
 from tests.support import REPO
 from tests.support.serving import (
     failing_fn,
@@ -41,13 +40,6 @@ OK, INVALID, NOT_FOUND, EXHAUSTED, UNAVAILABLE, INTERNAL = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.INTERNAL,
 )
-
-
-@pytest.fixture(scope="module")
-def test_images(digits_dir) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(digits_dir / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(digits_dir / "t10k-labels-idx1-ubyte.gz")
-    return images, labels
 
 
 def digits_stub(target: str) -> digits_pb2_grpc.DigitClassifierStub:

@@ -18,7 +18,6 @@ import pytest
 from digits.inference import grpc_predict_v2_pb2 as pb
 from digits.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from digits.v1 import digits_pb2, digits_pb2_grpc
-from serving.client import read_idx
 from tests.support import REPO
 from tests.support.serving import publish_copy, wait_serving
 
@@ -29,13 +28,6 @@ OK, INVALID, NOT_FOUND, UNAVAILABLE, UNIMPLEMENTED = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.UNIMPLEMENTED,
 )
-
-
-@pytest.fixture(scope="module")
-def test_images(digits_dir) -> tuple[np.ndarray, np.ndarray]:
-    return read_idx(digits_dir / "t10k-images-idx3-ubyte.gz"), read_idx(
-        digits_dir / "t10k-labels-idx1-ubyte.gz"
-    )
 
 
 def stub(target: str) -> pb_grpc.GRPCInferenceServiceStub:
