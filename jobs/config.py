@@ -124,6 +124,9 @@ RateSpec = _spec(PositiveFloat, FloatRange)
 BatchSpec = _spec(PositiveInt)
 ScheduleSpec = _spec(Schedule)
 TranslateSpec = _spec(NonNegInt)
+DegreesSpec = _spec(Annotated[float, Field(ge=0.0, le=45.0)], FloatRange)
+PixelsSpec = _spec(Annotated[float, Field(ge=0.0, le=6.0)], FloatRange)
+GridSpec = _spec(Annotated[int, Field(ge=2, le=14)])
 EpochsSpec = Annotated[
     Annotated[Literal["best"], Tag("best")] | Annotated[PositiveInt, Tag("fixed")],
     Discriminator(lambda v: "best" if isinstance(v, str) else "fixed"),
@@ -139,10 +142,18 @@ class SpaceConfig(_Strict):
     learning_rate: RateSpec = FloatRange(min=1e-4, max=1e-2, sampling="log")
     batch_size: BatchSpec = [32, 64, 128]
     lr_schedule: ScheduleSpec = "constant"
-    translate_pixels: TranslateSpec = 0
     label_smoothing: FractionSpec = 0.0
+    # Training-only distortions (jobs/augment.py); 0 turns each off, and all 0 adds no layer.
+    translate_pixels: TranslateSpec = 0
+    rotation_degrees: DegreesSpec = 0.0
+    zoom: FractionSpec = 0.0  # scale drawn in [1 - zoom, 1 + zoom]
+    shear_degrees: DegreesSpec = 0.0
+    elastic_pixels: PixelsSpec = 0.0  # largest displacement at a node of the elastic lattice
+    elastic_grid: GridSpec = 4  # nodes per side of that lattice: larger is a finer, wobblier field
+    # Exponential moving average of the weights (Keras' optimizer use_ema); the fit ends on the average.
+    ema_momentum: FractionSpec = 0.0  # 0 = off; e.g. 0.999
 
-    @field_validator("dropout", "label_smoothing")
+    @field_validator("dropout", "label_smoothing", "zoom", "ema_momentum")
     @classmethod
     def _fraction_range(cls, value: Any) -> Any:
         if isinstance(value, FloatRange) and (value.min < 0 or value.max >= 1):

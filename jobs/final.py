@@ -37,12 +37,8 @@ def final_model(
     tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None
 ) -> FinalModel:
     """The model to export, from the best trial (``final.mode``); see docs/tuning.md."""
-    import keras
-    import numpy as np
-
     from jobs import tuners
-    from jobs.progress import EpochLogger, interactive
-    from jobs.search_space import build_mlp, model_values, one_hot
+    from jobs.search_space import model_values
 
     objective = config.tuner.objective
     # Keras Tuner pads the best trials with failed ones when too few completed: keep completed ones only.
@@ -69,33 +65,8 @@ def final_model(
         history = trial_history or {}
     else:
         epochs = best_epochs if config.final.epochs == "best" else int(config.final.epochs)
-        x, y = splits.train_and_val()
-        batch_size = int(values["batch_size"])
-        model = build_mlp(
-            values, int(np.ceil(len(x) / batch_size)), epochs, config.runtime.steps_per_execution
-        )
-        callbacks: list[keras.callbacks.Callback] = []
-        if progress is not None:
-            progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
-            callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
-        if config.runtime.tensorboard:
-            log_dir = output_paths(config).report / "tensorboard" / "final"
-            callbacks.append(
-                keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
-            )
-        log.info("final fit: %d epochs on %d examples (train+validation)", epochs, len(x))
-        fit = model.fit(
-            x,
-            one_hot(y),
-            batch_size=batch_size,
-            epochs=epochs,
-            callbacks=callbacks,
-            # A terminal gets Keras' progress bar (the EpochLogger is then quiet); a log gets its lines.
-            verbose=1 if interactive() else 0,
-        )
-        history = {
-            key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"
-        }
+        model, history = retrain(values, epochs, config, splits, progress)
+        x, _ = splits.train_and_val()
         note = (
             f"retrained from scratch on train+validation ({len(x)} examples) for {epochs} epochs "
             f"({'the best trial best epoch count' if config.final.epochs == 'best' else 'final.epochs'}) "
@@ -111,6 +82,48 @@ def final_model(
         val_accuracy=val_accuracy,
         best_trial=best_trial.trial_id,
     )
+
+
+def retrain(
+    values: dict[str, Any],
+    epochs: int,
+    config: JobConfig,
+    splits: Splits,
+    progress: SearchProgress | None = None,
+) -> tuple[Any, dict[str, list[float]]]:
+    """Train ``values``' model from scratch on train+validation for ``epochs``: the exported model's fit.
+
+    Also what bench/tune_bench.py calls to retrain another trial's values the same way as the winner's.
+    """
+    import keras
+    import numpy as np
+
+    from jobs.progress import EpochLogger, interactive
+    from jobs.search_space import build_mlp, one_hot
+
+    x, y = splits.train_and_val()
+    batch_size = int(values["batch_size"])
+    model = build_mlp(values, int(np.ceil(len(x) / batch_size)), epochs, config.runtime.steps_per_execution)
+    callbacks: list[keras.callbacks.Callback] = []
+    if progress is not None:
+        progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
+        callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
+    if config.runtime.tensorboard:
+        log_dir = output_paths(config).report / "tensorboard" / "final"
+        tensorboard = keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
+        callbacks.append(tensorboard)
+    log.info("final fit: %d epochs on %d examples (train+validation)", epochs, len(x))
+    fit = model.fit(
+        x,
+        one_hot(y),
+        batch_size=batch_size,
+        epochs=epochs,
+        callbacks=callbacks,
+        # A terminal gets Keras' progress bar (the EpochLogger is then quiet); a log gets its lines.
+        verbose=1 if interactive() else 0,
+    )
+    history = {key: [float(v) for v in vals] for key, vals in fit.history.items() if key != "learning_rate"}
+    return model, history
 
 
 def score_on_test(model: Any, splits: Splits) -> float:

@@ -13,9 +13,12 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from jobs.augment import RandomDistortion
 from jobs.config import FloatRange, IntRange, SpaceConfig
 
 NUM_CLASSES = 10
+# The distortion hyperparameters (RandomDistortion's arguments), 0 = off; elastic_grid only shapes the field.
+DISTORTIONS = ("translate_pixels", "rotation_degrees", "zoom", "shear_degrees", "elastic_pixels")
 IMAGE_SHAPE = (28, 28)
 # Keys Hyperband adds to a trial's values; they are not model hyperparameters.
 TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
@@ -45,13 +48,10 @@ def build_mlp(
     """
     inputs = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, name="normalise")(inputs)
-    shift = int(values.get("translate_pixels", 0))
-    if shift > 0:
-        x = keras.layers.Reshape((*IMAGE_SHAPE, 1))(x)
+    distortion = {key: float(values.get(key, 0)) for key in DISTORTIONS}
+    if any(distortion.values()):
         # A preprocessing layer: random in training, the identity at inference (and in the export).
-        x = keras.layers.RandomTranslation(
-            shift / 28.0, shift / 28.0, fill_mode="constant", name="translate"
-        )(x)
+        x = RandomDistortion(**distortion, elastic_grid=int(values.get("elastic_grid", 4)), name="distort")(x)
     x = keras.layers.Flatten()(x)
     dropout = float(values.get("dropout", 0.0))
     for i in range(int(values["num_layers"])):
@@ -68,8 +68,10 @@ def build_mlp(
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=max(1, steps_per_epoch * epochs)
         )
+    ema = float(values.get("ema_momentum", 0.0))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        # With EMA, fit() ends by writing the averaged weights into the model (what is then exported).
+        optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(values.get("label_smoothing", 0.0))),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,
@@ -102,6 +104,12 @@ class MlpHyperModel(kt.HyperModel):
         values["lr_schedule"] = _define(hp, "lr_schedule", space.lr_schedule)
         values["translate_pixels"] = _define(hp, "translate_pixels", space.translate_pixels)
         values["label_smoothing"] = _define(hp, "label_smoothing", space.label_smoothing)
+        # Declared only when set: a space without them (seed) samples as it did before they existed.
+        for key in (*DISTORTIONS[1:], "ema_momentum"):
+            if getattr(space, key) != 0:
+                values[key] = _define(hp, key, getattr(space, key))
+        if space.elastic_pixels != 0:
+            values["elastic_grid"] = _define(hp, "elastic_grid", space.elastic_grid)
         return values
 
     def trial_epochs(self, hp: kt.HyperParameters) -> int:

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "jobs.distributed.roles": 1,
     "jobs.distributed": 1,  # the package's __init__ (no imports)
     "jobs.config": 2,
+    "jobs.augment": 2,  # keras only
     "jobs.data": 3,
     "jobs.runtime": 3,
     "jobs.progress": 3,
