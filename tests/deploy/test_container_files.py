@@ -123,11 +123,11 @@ def test_compose_mnist_override() -> None:
 
 
 def test_the_documented_retrain_is_the_one_the_e2e_test_runs() -> None:
-    """README, docs/deployment.md and compose.yaml name the command `pytest -m e2e` runs to retrain."""
+    """The docs and compose.yaml name the command `pytest -m e2e` runs to retrain."""
     from tests.deploy.test_e2e import RETRAIN
 
     command = "docker compose " + shlex.join(RETRAIN)
-    for name in ("README.md", "docs/deployment.md", "compose.yaml"):
+    for name in ("README.md", "docs/deployment.md", "docs/tuning.md", "compose.yaml"):
         assert command in (REPO / name).read_text(), f"{name} does not show the retrain: {command}"
 
 
