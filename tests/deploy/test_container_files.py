@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,15 @@ def test_compose_mnist_override() -> None:
     tune = yaml.safe_load(text)["services"]["tune"]
     assert tune["environment"]["MNIST_DATA_DIR"] == tune["volumes"][0]["target"] == "/data/mnist"
     assert tune["volumes"][0]["read_only"] is True
+
+
+def test_the_documented_retrain_is_the_one_the_e2e_test_runs() -> None:
+    """The docs and compose.yaml name the command `pytest -m e2e` runs to retrain."""
+    from tests.deploy.test_e2e import RETRAIN
+
+    command = "docker compose " + shlex.join(RETRAIN)
+    for name in ("README.md", "docs/deployment.md", "docs/tuning.md", "compose.yaml"):
+        assert command in (REPO / name).read_text(), f"{name} does not show the retrain: {command}"
 
 
 def test_compose_validation_rejects_unknown_keys() -> None:

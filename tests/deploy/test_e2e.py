@@ -14,7 +14,10 @@ What runs (needs root, ``scripts/setup.sh e2e`` and ``MNIST_DATA_DIR`` pointing 
    container scraped serve and the load generator, loaded the alert rules, answers every dashboard panel
    query, and has the job's pushed metrics;
 4. a second ``up`` on the same volume publishes nothing (one export per search); serve keeps running;
-   ``down -v`` leaves no container or volume.
+5. retraining as a compose user does it, ``run --rm -e TUNE_EXPORT_AGAIN=1 tune`` (a one-off container
+   with the new environment, the same command with Docker Compose v2): version 2 is published and the
+   same serve container, never restarted, answers Predict with it;
+6. ``down -v`` leaves no container or volume.
 
 ``E2E_KEEP=1``: a failing run leaves the stack up for debugging (the test prints the command to remove it).
 Every step is judged by its exit code and its own output, never by where a line lands in a log (podman
@@ -56,6 +59,13 @@ STAND_IN_LABEL = "io.mnist-e2e.stand-in"
 COMPOSE_LABEL = "io.podman.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 BUILD_MOUNTS = "-v /etc/ssl/certs:/etc/ssl/certs:ro"  # a TLS-intercepting proxy: pip in the build needs it
+# Retraining on the same volume, as README.md and docs/deployment.md tell a compose user to do it
+# (`docker compose run --rm -e TUNE_EXPORT_AGAIN=1 tune`): a one-off tune container with the extra
+# variable. Not `TUNE_EXPORT_AGAIN=1 up`: podman-compose 1.6.0 starts the exited tune container again with
+# the environment it was created with (its config hash covers the file, not host values passed through);
+# not `up --force-recreate --no-deps tune`: podman-compose 1.6.0 then recreates serve too (a running
+# dependent of tune), which Docker Compose does not.
+RETRAIN = ("run", "--rm", "-e", "TUNE_EXPORT_AGAIN=1", "tune")
 ACCURACY_TOLERANCE = 0.001  # 10 of 10,000 images: float differences between the job's evaluate and serving
 
 
@@ -82,8 +92,16 @@ def run(
     args: list[str], *, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True
 ) -> subprocess.CompletedProcess:
     """Run a command; with ``check`` a non-zero exit fails the test with the command's own output."""
+    # No stdin: `podman-compose run` allocates a TTY and would put a terminal on stdin into raw mode.
     result = subprocess.run(
-        args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        args,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if check and result.returncode != 0:
         pytest.fail(
@@ -142,6 +160,23 @@ class Stack:
             return {}
         inspected = json.loads(run(["podman", "inspect", *ids], env=self.env).stdout)
         return {c["Config"]["Labels"][SERVICE_LABEL]: c for c in inspected}
+
+    def container_ids(self, service: str) -> list[str]:
+        """Every container of this project for a service, one-off ones included."""
+        return run(
+            [
+                "podman",
+                "ps",
+                "-a",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                f"label={COMPOSE_LABEL}={PROJECT}",
+                "--filter",
+                f"label={SERVICE_LABEL}={service}",
+            ],
+            env=self.env,
+        ).stdout.split()
 
     def container(self, service: str) -> dict:
         containers = self.containers()
@@ -415,7 +450,7 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
         f"podman-compose runs podman through {PODMAN_SHIM.relative_to(REPO)}: it drops the --requires "
         "podman-compose 1.6.0 adds (podman would re-run the one-shot tune at each dependent's start)"
     )
-    say("1/6 base image, stand-ins, podman-compose build")
+    say("1/7 base image, stand-ins, podman-compose build")
     run([str(REPO / "scripts" / "make-base-images.sh")], env=stack.env, timeout=900)
     build_stand_ins(stack)
     tb = time.monotonic()
@@ -423,7 +458,7 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
     build_seconds = time.monotonic() - tb
     say(f"images built in {build_seconds:.0f} s")
     stack.write_ports_override(tmp_path / "ports.yaml")
-    say("2/6 podman-compose up -d (tune, serve, loadgen, prometheus, pushgateway)")
+    say("2/7 podman-compose up -d (tune, serve, loadgen, prometheus, pushgateway)")
     tu = time.time()
     first_up = stack.compose("up", "-d", timeout=1800)
     tune = wait_for_tune(stack, tu - 1, 1800)
@@ -440,7 +475,7 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
 
     # One tune run, one version: no dependent's start ran the job again.
     assert published_versions(stack) == [1], published_versions(stack)
-    say("3/6 serve healthy (compose's health check), Predict from the host")
+    say("3/7 serve healthy (compose's health check), Predict from the host")
     say(f"serve healthy {wait_healthy(stack):.0f} s after the check began")
     recorded = recorded_metadata(stack, 1)
     result = classify(stack, mnist, 10_000)
@@ -451,7 +486,7 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
     assert result["version"] == 1 and result["images"] == 10_000
     assert abs(result["accuracy"] - recorded["test_accuracy"]) <= ACCURACY_TOLERANCE
 
-    say("4/6 the Prometheus container: scrapes, rules, dashboard panels, pushed job metrics")
+    say("4/7 the Prometheus container: scrapes, rules, dashboard panels, pushed job metrics")
     prometheus = stack.url("prometheus")
     wait_for(lambda: urllib.request.urlopen(f"{prometheus}/-/ready", timeout=2), 60, "Prometheus ready")
     wait_for(
@@ -495,7 +530,7 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
         f"queries answered, the job's pushed metrics present ({trials[0]['value'][1]} trials)"
     )
 
-    say("5/6 a second up on the same volume publishes nothing (one export per search)")
+    say("5/7 a second up on the same volume publishes nothing (one export per search)")
     before = stack.container("serve")
     t2 = time.time()
     stack.compose("up", "-d", env={"TUNE_PRESET": "smoke"}, timeout=1800)
@@ -505,7 +540,40 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
     after = stack.container("serve")
     assert after["Id"] == before["Id"], "serve was recreated"
 
-    say("6/6 podman-compose down -v")
+    say(f"6/7 retrain: podman-compose {shlex.join(RETRAIN)} publishes version 2, served without a restart")
+    t3 = time.monotonic()
+    # Attached, like a user's terminal: the command's exit code is the job's.
+    stack.compose(*RETRAIN, env={"TUNE_PRESET": "smoke"}, timeout=1800)
+    retrain_seconds = time.monotonic() - t3
+    assert published_versions(stack) == [1, 2], published_versions(stack)
+    # --rm: the one-off container is gone; the service's own tune container was not started again.
+    assert stack.container_ids("tune") == [tune["Id"]], "a one-off tune container is left"
+    assert stack.container("tune")["State"]["FinishedAt"] == tune["State"]["FinishedAt"], "tune ran again"
+    metrics = f"{stack.url('metrics')}/metrics"
+    t4 = time.monotonic()
+    wait_for(
+        lambda: metric_value(metrics, "digits_model_loaded_version", 'model="mnist"') == 2,
+        120,
+        "serve to load version 2",
+        interval=1,
+    )
+    switch_seconds = time.monotonic() - t4
+    recorded = recorded_metadata(stack, 2)
+    result = classify(stack, mnist, 10_000)
+    assert result["version"] == 2 and result["images"] == 10_000, result
+    assert abs(result["accuracy"] - recorded["test_accuracy"]) <= ACCURACY_TOLERANCE
+    after = stack.container("serve")
+    assert after["Id"] == before["Id"], "serve was recreated"
+    assert after["State"]["StartedAt"] == before["State"]["StartedAt"], "serve was restarted"
+    assert after.get("RestartCount", 0) == before.get("RestartCount", 0), "serve was restarted"
+    assert after["State"]["Status"] == "running", after["State"]["Status"]
+    say(
+        f"retrain took {retrain_seconds:.0f} s; serve loaded version 2 {switch_seconds:.0f} s later; "
+        f"Predict: accuracy {result['accuracy']:.4f} (recorded {recorded['test_accuracy']:.4f}) from version "
+        f"{result['version']}, same serve container, started {before['State']['StartedAt']}"
+    )
+
+    say("7/7 podman-compose down -v")
     stack.compose("down", "-v", timeout=300)
     assert stack.containers() == {}, f"containers left: {sorted(stack.containers())}"
     assert stack.volumes() == [], f"volumes left: {stack.volumes()}"
