@@ -46,6 +46,9 @@ class RandomDistortion(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ) -> None:
+        # Geometry in float32 even under mixed precision (runtime.mixed_precision, the GPU path): pixel
+        # coordinates near 27 in float16 are off by up to 1/64 of a pixel, and the Dense layers cast anyway.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not 0 <= zoom < 1:
             raise ValueError(f"zoom must lie in [0, 1), got {zoom}")

@@ -106,6 +106,18 @@ def test_the_model_has_the_layer_only_when_a_distortion_is_set() -> None:
     assert restored.get_layer("distort").get_config()["elastic_grid"] == 5
 
 
+def test_mixed_precision_keeps_the_distortion_in_float32() -> None:
+    # runtime.mixed_precision (the GPU path): the model must build and train with the layer in it.
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_mlp(values(rotation_degrees=10.0, elastic_pixels=1.0), steps_per_epoch=1, epochs=1)
+        assert model.get_layer("distort").compute_dtype == "float32"
+        history = model.fit(digits(8) * 255, np.eye(10, dtype=np.float32)[np.arange(8)], verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_ema_ends_the_fit_on_the_averaged_weights() -> None:
     model = build_mlp(values(ema_momentum=0.9), steps_per_epoch=4, epochs=1)
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
