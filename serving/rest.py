@@ -101,6 +101,9 @@ def parse_json(body: bytes) -> dict:
 
 def numeric_array(data: object, field: str) -> np.ndarray:
     """A JSON list of numbers (nested or flat) -> ndarray; strings, booleans, nulls, ragged lists are 400."""
+    pixels = whole_pixels(data)
+    if pixels is not None:
+        return pixels
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
@@ -108,6 +111,24 @@ def numeric_array(data: object, field: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise InvalidInput(f"{field} must hold only numbers (no strings, booleans, nulls or ragged lists)")
     return array
+
+
+def whole_pixels(data: object) -> np.ndarray | None:
+    """The usual payload, a flat list of integers 0..255, as uint8; None for anything else.
+
+    ``bytearray`` checks in C that every item is an integer in range(256): ~3 us for one image, where
+    ``np.asarray`` needs ~25 us to find out that the list holds integers. Anything else (fractions,
+    nesting, values out of range, strings, nulls) fails it and takes the general path, which accepts
+    and refuses exactly what it did before.
+    """
+    # A list that starts with an int (not a bool): np.asarray would make it an integer array too, while
+    # it refuses a list of booleans alone.
+    if type(data) is not list or not data or type(data[0]) is not int:
+        return None
+    try:
+        return np.frombuffer(bytearray(data), np.uint8)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -58,6 +58,8 @@ def images_from_array(values: np.ndarray, datatype: str, count: int, field: str)
             f"{field} has {values.size} values; shape [{count}, ...] of 28x28 images needs {count * PIXELS}"
         )
     images = values.reshape(count, ROWS, COLS)
+    if values.dtype == np.uint8:  # raw bytes or whole JSON pixels: in range by construction, either datatype
+        return images.astype(np.float32)
     if datatype == "UINT8":
         if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
             raise InvalidInput(f"{field} is UINT8 but holds fractional values")

@@ -15,8 +15,8 @@ from starlette.routing import Match, Route
 
 from digits.v1 import digits_pb2, digits_pb2_grpc
 from serving.client import read_idx
-from serving.errors import PayloadTooLarge
-from serving.rest import STATIC, HttpApp, read_body
+from serving.errors import InvalidInput, PayloadTooLarge
+from serving.rest import STATIC, HttpApp, numeric_array, read_body
 from tests.support.serving import failing_fn, http_call, publish_copy, publish_tf_module, wait_serving
 
 
@@ -361,3 +361,35 @@ def test_bodies_are_read_in_chunks_within_the_limit():
         asyncio.run(read_body({"headers": [(b"content-length", b"9")]}, receiver(), 3))
     with pytest.raises(ClientDisconnect):
         asyncio.run(read_body(scope, receiver(chunk(b"a", True), {"type": "http.disconnect"}), 3))
+
+
+def test_the_whole_pixel_shortcut_accepts_and_refuses_what_numpy_did():
+    """numeric_array takes flat lists of integers 0..255 through bytearray; everything else through numpy."""
+    cases = [
+        list(range(256)),
+        [0, True, 255],  # booleans among integers were integers to numpy too
+        [True, 1],
+        [True, False],  # booleans alone were refused
+        [1, 2.5],
+        [1, 256],
+        [255, -1],
+        [1, 2**63],
+        [1, 2**70],
+        [1, "2"],
+        [1, None],
+        [[1, 2], [3, 4]],
+        [[1, 2], [3]],
+        [],
+    ]
+    for data in cases:
+        try:
+            before = np.asarray(data)
+            refused = before.dtype.kind not in "iuf"
+        except (ValueError, TypeError, OverflowError):
+            refused = True
+        if refused:
+            with pytest.raises(InvalidInput):
+                numeric_array(data, "data")
+        else:
+            after = numeric_array(data, "data")
+            assert after.shape == before.shape and np.array_equal(after, before), data
