@@ -56,7 +56,7 @@ class Reply(NamedTuple):
 
     body: bytes
     status: int = 200
-    media_type: str = JSON_TYPE
+    content_type: bytes = JSON_TYPE.encode()
 
 
 # A handler gets the ASGI scope (path parameters in scope["path_params"]) and the request body; it
@@ -76,7 +76,7 @@ def json_response(body: object, status: int = 200) -> Response:
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
-    headers = [(b"content-type", reply.media_type.encode()), (b"content-length", b"%d" % len(reply.body))]
+    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 
@@ -347,7 +347,7 @@ class RestApi:
 
     # ---- the drawing page ----
     async def page(self, scope: Scope, body: bytes) -> object:
-        return Reply(self._page, media_type="text/html; charset=utf-8")
+        return Reply(self._page, content_type=b"text/html; charset=utf-8")
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
