@@ -1,12 +1,13 @@
 """HTTP/JSON routes: Open Inference Protocol v2 REST, TensorFlow Serving REST, and the drawing page.
 
-A thin layer like the gRPC servicers: JSON <-> arrays here, everything else in the data plane. Starlette
-routes the requests (404, 405, CORS, static files); every route's endpoint is a plain ASGI callable made
-by :func:`RestApi._endpoint`, which reads the body within ``max_body_bytes``, applies the one status
-table (``serving/errors.py``) and records the same metrics as gRPC with ``protocol="http"``. Plain ASGI
-rather than Starlette's ``Request``/``Response`` objects: the hot path (a single-image v2 infer) is
-short, and those objects were a measurable share of it. Errors are ``{"error": "<message>"}`` on both
-APIs (the v2 REST spec and TF Serving REST agree on that shape).
+A thin layer like the gRPC servicers: JSON <-> arrays here, everything else in the data plane. Every
+route's endpoint is an :class:`Endpoint`, a plain ASGI callable that reads the body within
+``max_body_bytes``, applies the one status table (``serving/errors.py``) and records the same metrics as
+gRPC with ``protocol="http"``. Starlette routes the requests (404, 405, CORS, static files), except a
+v2 infer POST, which :class:`HttpApp` hands to its endpoint directly: on the hot path (a single-image
+infer) Starlette's request and response objects, middleware and router were a measurable share of the
+CPU time. Errors are ``{"error": "<message>"}`` on both APIs (the v2 REST spec and TF Serving REST
+agree on that shape).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -35,8 +35,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 import modelrepo
 
 from . import v2
+from .asgi import JSON_TYPE, Reply, json_reply, read_body, send_reply
 from .dataplane import SERVER_NAME, DataPlane, parse_version
-from .errors import OK, InvalidInput, ModelNotFound, PayloadTooLarge, classify
+from .errors import OK, InvalidInput, ModelNotFound, classify
 from .metrics import ServingMetrics
 from .tfs_servicer import OUTPUTS as TFS_OUTPUTS
 from .tfs_servicer import SIGNATURE_DEF_FIELD, resolve_model
@@ -45,48 +46,17 @@ from .validation import check_range, check_shape
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-JSON_TYPE = "application/json"
 OK_CODE = OK.name  # the metrics' code label of a success (a property: looked up once)
 # TF Serving REST: /v1/models/<name>[/versions/<n>][:predict]
 TFS_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>[A-Za-z]+))?$")
-
-
-class Reply(NamedTuple):
-    """A finished HTTP answer: body bytes, status and content type."""
-
-    body: bytes
-    status: int = 200
-    content_type: bytes = JSON_TYPE.encode()
-
-
 # A handler gets the ASGI scope (path parameters in scope["path_params"]) and the request body; it
 # returns a Reply or a JSON-serialisable object (sent as 200).
 Handler = Callable[[Scope, bytes], Awaitable[object]]
 
 
-def json_reply(body: object, status: int = 200) -> Reply:
-    # orjson: ~10x faster than the json module both ways (half the server's CPU per single-image call
-    # went to json); numpy arrays and scalars are written directly, float32 in their shortest form.
-    return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status)
-
-
 def json_response(body: object, status: int = 200) -> Response:
     """The same JSON as a Starlette response (for Starlette's own 404/405 handler)."""
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON_TYPE)
-
-
-async def send_reply(send: Send, reply: Reply) -> None:
-    headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """A request header's value (``name`` lower-case, as ASGI servers deliver them), or None."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def parse_json(body: bytes) -> dict:
@@ -129,25 +99,6 @@ def whole_pixels(data: object) -> np.ndarray | None:
         return np.frombuffer(bytearray(data), np.uint8)
     except (TypeError, ValueError, OverflowError):
         return None
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, or PayloadTooLarge past ``limit`` bytes (declared or received)."""
-    declared = header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body has {declared} bytes, more than the limit of {limit}")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class Endpoint:

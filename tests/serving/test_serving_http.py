@@ -14,9 +14,10 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
 from digits.v1 import digits_pb2, digits_pb2_grpc
+from serving.asgi import read_body
 from serving.client import read_idx
 from serving.errors import InvalidInput, PayloadTooLarge
-from serving.rest import STATIC, HttpApp, numeric_array, read_body
+from serving.rest import STATIC, HttpApp, numeric_array
 from tests.support.serving import failing_fn, http_call, publish_copy, publish_tf_module, wait_serving
 
 
