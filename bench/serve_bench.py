@@ -6,12 +6,13 @@ Measures, in one run: single-image Predict at concurrency 1 and 32 (throughput, 
 handler on the same grpc.aio server as the transport floor; TF Serving Predict and Open Inference
 Protocol v2 ModelInfer (raw FP32) at c=32 on the same port; v2 REST infer (JSON) at c=1 and c=32 on the
 HTTP port, and a no-op endpoint of the same HTTP stack (Starlette on uvicorn, same settings) in its own
-process; with --mlserver, MLServer 1.7.1 serving the same SavedModel over its v2 REST (custom runtime
-bench/mlserver_runtime.py, adaptive batching, parallel_workers 0); the raw in-process SavedModel call at
-batch 1 and 256 (compute floor); batch-256 Predict in images/s; cold start (exec to SERVING); resident
-memory. The load generator is an asyncio client (gRPC, or HTTP/1.1 keep-alive on raw streams) in its own
-process. Without --model-root a representative MLP (784-512-256-10, random weights) is exported with the
-tuning job's export code into a temp dir.
+process, plus a stricter one (a plain ASGI callable on the same uvicorn, reading and answering like the
+service's direct v2 infer route); with --mlserver, MLServer 1.7.1 serving the same SavedModel over its
+v2 REST (custom runtime bench/mlserver_runtime.py, adaptive batching, parallel_workers 0); the raw
+in-process SavedModel call at batch 1 and 256 (compute floor); batch-256 Predict in images/s; cold start
+(exec to SERVING); resident memory. The load generator is an asyncio client (gRPC, or HTTP/1.1
+keep-alive on raw streams) in its own process. Without --model-root a representative MLP (784-512-256-10,
+random weights) is exported with the tuning job's export code into a temp dir.
 """
 
 from __future__ import annotations
@@ -146,13 +147,18 @@ async def _serve(model_root: str, port: int, http_port: int, metrics_port: int) 
     await asyncio.Event().wait()
 
 
-async def _serve_http_noop(port: int) -> None:
-    """The HTTP floor: the same stack and settings as the service's HTTP port, a handler that does nothing."""
+async def _serve_http_noop(port: int, plain: bool = False) -> None:
+    """The HTTP floor: the same stack and settings as the service's HTTP port, a handler that does nothing.
+
+    ``plain``: a plain ASGI callable instead of a Starlette route, reading and answering with the same
+    functions as the service's direct v2 infer route (``serving.rest.HttpApp``); the stricter floor.
+    """
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
+    from serving.asgi import Reply, read_body, send_reply
     from serving.http_server import HttpServer
     from serving.settings import Settings
 
@@ -160,7 +166,11 @@ async def _serve_http_noop(port: int) -> None:
         await request.body()
         return Response(b"{}", media_type="application/json")
 
-    app = Starlette(routes=[Route("/noop", noop, methods=["POST"])])
+    async def plain_noop(scope, receive, send) -> None:
+        await read_body(scope, receive, 1 << 24)
+        await send_reply(send, Reply(b"{}"))
+
+    app = plain_noop if plain else Starlette(routes=[Route("/noop", noop, methods=["POST"])])
     server = HttpServer(app, Settings(model_root=".", host="127.0.0.1", http_port=port))
     await server.start()
     await asyncio.Event().wait()
@@ -366,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="", help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     parser.add_argument("--http-noop", type=int, help=argparse.SUPPRESS)  # internal: the HTTP floor
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)  # internal: plain ASGI floor
     parser.add_argument("--images", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--ports", default="0,0,0", help=argparse.SUPPRESS)
@@ -380,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(args.serve, port, http_port, metrics_port))
         return 0
     if args.http_noop:
-        asyncio.run(_serve_http_noop(args.http_noop))
+        asyncio.run(_serve_http_noop(args.http_noop, args.plain))
         return 0
 
     from serving.model_store import configure_tensorflow_threads
@@ -415,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         cold.wait(30)
 
         payloads = _payloads(Path(tmp))
-        port, http_port, noop_port = _free_port(), _free_port(), _free_port()
+        port, http_port, noop_port, plain_port = _free_port(), _free_port(), _free_port(), _free_port()
         server = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(root), "--ports", f"{port},{http_port},{_free_port()}"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -424,7 +435,11 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, __file__, "--http-noop", str(noop_port)],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        peers = [server, http_noop]
+        plain_noop = subprocess.Popen(
+            [sys.executable, __file__, "--http-noop", str(plain_port), "--plain"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        peers = [server, http_noop, plain_noop]
         target, http_target = f"127.0.0.1:{port}", f"127.0.0.1:{http_port}"
         infer_path = "POST /v2/models/mnist/infer"
         phases = {
@@ -439,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 target, "/digits.v1.DigitClassifier/Predict", "predict256", 256, args.batch_concurrency,
             ),
             "HTTP no-op c=32": (f"127.0.0.1:{noop_port}", "POST /noop", "v2json1", 1, 32),
+            "HTTP no-op plain c=32": (f"127.0.0.1:{plain_port}", "POST /noop", "v2json1", 1, 32),
             "HTTP v2 JSON c=1": (http_target, infer_path, "v2json1", 1, 1),
             "HTTP v2 JSON c=32": (http_target, infer_path, "v2json1", 1, 32),
         }  # fmt: skip
@@ -453,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_http(f"http://{mlserver_target}/v2/models/mnist/ready", mlserver)
             _wait_serving(target, server)
             _wait_http(f"http://{http_target}/v2/health/ready", server)
-            owner = {target: server, http_target: server, f"127.0.0.1:{noop_port}": http_noop}
+            owner = {target: server, http_target: server, f"127.0.0.1:{noop_port}": http_noop,
+                     f"127.0.0.1:{plain_port}": plain_noop}  # fmt: skip
             if args.mlserver:
                 owner[mlserver_target] = mlserver
             results: dict[str, dict] = {}
@@ -513,12 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     for label, ratio, target_ratio in checks:
         shown = f"{ratio:.2f}x" if target_ratio > 1 else f"{ratio:.0%}"
         print(f"{label}: {shown} -> {'PASS' if ratio >= target_ratio else 'FAIL'}")
+    plain = rate("HTTP v2 JSON c=32") / rate("HTTP no-op plain c=32")
+    print(f"(no target) c=32 HTTP v2 JSON against the plain-ASGI no-op on the same uvicorn: {plain:.0%}")
     cpu = {phase: r["cpu_us"] for phase, r in results.items() if "cpu_us" in r}
     print(
         "server CPU per request at c=32 (robust to other load on the machine): "
         f"v2 gRPC {cpu['v2 gRPC infer c=32']:.0f} us vs "
         f"TF Serving Predict {cpu['TFS Predict 1 img c=32']:.0f} us; "
-        f"HTTP v2 JSON {cpu['HTTP v2 JSON c=32']:.0f} us vs HTTP no-op {cpu['HTTP no-op c=32']:.0f} us"
+        f"HTTP v2 JSON {cpu['HTTP v2 JSON c=32']:.0f} us vs HTTP no-op {cpu['HTTP no-op c=32']:.0f} us "
+        f"(plain ASGI {cpu['HTTP no-op plain c=32']:.0f} us)"
         + (f" vs MLServer {cpu['MLServer v2 JSON c=32']:.0f} us" if "MLServer v2 JSON c=32" in cpu else "")
     )
     p99 = results["Predict 1 img c=1"]["p99_ms"]

@@ -28,6 +28,28 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROTOCOLS = ("grpc", "http")
 
 
+class InflightCount:
+    """Requests in flight for one protocol: a plain integer that the gauge reads when it is scraped.
+
+    Only the event loop's thread changes it (gRPC and HTTP handlers both run there), so it needs no
+    lock; ``Gauge.inc``/``dec`` take one on every call, twice per request.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+    def get(self) -> int:
+        return self.value
+
+
 class ServingMetrics:
     """All metrics of one server; a fresh registry per instance keeps tests and servers independent."""
 
@@ -66,7 +88,9 @@ class ServingMetrics:
         self.inflight = Gauge(
             "digits_inflight_requests", "Requests being handled, by protocol", ["protocol"], registry=r
         )
-        self.inflight_by_protocol = {p: self.inflight.labels(protocol=p) for p in PROTOCOLS}
+        self.inflight_by_protocol = {p: InflightCount() for p in PROTOCOLS}
+        for protocol, count in self.inflight_by_protocol.items():
+            self.inflight.labels(protocol=protocol).set_function(count.get)
         self.loaded_version = Gauge(
             "digits_model_loaded_version", "Newest loaded version (0: none)", ["model"], registry=r
         )

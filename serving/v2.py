@@ -57,12 +57,16 @@ def images_from_array(values: np.ndarray, datatype: str, count: int, field: str)
         raise InvalidInput(
             f"{field} has {values.size} values; shape [{count}, ...] of 28x28 images needs {count * PIXELS}"
         )
+    images = values.reshape(count, ROWS, COLS)
+    if values.dtype == np.uint8:  # raw bytes or whole JSON pixels: in range by construction, either datatype
+        return images.astype(np.float32)
     if datatype == "UINT8":
         if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
             raise InvalidInput(f"{field} is UINT8 but holds fractional values")
         if values.size and (values.min() < 0 or values.max() > 255):
             raise InvalidInput(f"{field} is UINT8 but holds values outside 0..255")
-    return check_range(values.reshape(count, ROWS, COLS).astype(np.float32, copy=False), field)
+        return images.astype(np.float32)  # whole numbers in 0..255: finite and in range, no check_range
+    return check_range(images.astype(np.float32, copy=False), field)
 
 
 def images_from_raw(data: bytes, datatype: str, count: int, field: str) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import re
 import time
@@ -9,10 +10,14 @@ import time
 import grpc
 import numpy as np
 import pytest
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
 from digits.v1 import digits_pb2, digits_pb2_grpc
+from serving.asgi import read_body
 from serving.client import read_idx
-from serving.rest import STATIC
+from serving.errors import InvalidInput, PayloadTooLarge
+from serving.rest import STATIC, HttpApp, numeric_array
 from tests.support.serving import failing_fn, http_call, publish_copy, publish_tf_module, wait_serving
 
 
@@ -300,3 +305,92 @@ def test_small_responses_are_not_held_back_by_nagle(served):
         assert connection.getresponse().read()
     connection.close()
     assert time.perf_counter() - started < 0.5  # 20 x 40 ms would be 0.8 s
+
+
+def test_the_direct_infer_route_matches_what_starlette_would_route():
+    """HttpApp sends infer POSTs past Starlette: it must pick the same paths and parameters."""
+    routes = [
+        Route("/v2/models/{name}/infer", HttpApp),
+        Route("/v2/models/{name}/versions/{version}/infer", HttpApp),
+    ]
+    paths = [
+        "/v2/models/mnist/infer",
+        "/v2/models/mnist/versions/3/infer",
+        "/v2/models/versions/versions/x/infer",
+        "/v2/models/mnist/versions/infer",
+        "/v2/models//infer",
+        "/v2/models/a/b/infer",
+        "/v2/models/mnist/infer/",
+        "/v2/models/mnist/versions/1/2/infer",
+    ]
+    for path in paths:
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": ""}
+        starlette = next(
+            (
+                child["path_params"]
+                for route in routes
+                for match, child in [route.matches(scope)]
+                if match == Match.FULL
+            ),
+            None,
+        )
+        match = HttpApp.INFER_PATH.match(path)
+        direct = None if match is None else {k: v for k, v in match.groupdict().items() if v is not None}
+        assert direct == starlette, path
+
+
+def test_bodies_are_read_in_chunks_within_the_limit():
+    def receiver(*messages):
+        queue = list(messages)
+
+        async def receive():
+            return queue.pop(0)
+
+        return receive
+
+    def chunk(body: bytes, more: bool) -> dict:
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    scope = {"headers": [(b"content-type", b"application/json")]}  # no content-length: streamed
+    assert (
+        asyncio.run(read_body(scope, receiver(chunk(b"ab", True), chunk(b"", True), chunk(b"c", False)), 3))
+        == b"abc"
+    )
+    with pytest.raises(PayloadTooLarge, match="larger than the limit of 3 bytes"):
+        asyncio.run(read_body(scope, receiver(chunk(b"ab", True), chunk(b"cd", False)), 3))
+    with pytest.raises(PayloadTooLarge, match="the body has 9 bytes"):
+        asyncio.run(read_body({"headers": [(b"content-length", b"9")]}, receiver(), 3))
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(read_body(scope, receiver(chunk(b"a", True), {"type": "http.disconnect"}), 3))
+
+
+def test_the_whole_pixel_shortcut_accepts_and_refuses_what_numpy_did():
+    """numeric_array takes flat lists of integers 0..255 through bytearray; everything else through numpy."""
+    cases = [
+        list(range(256)),
+        [0, True, 255],  # booleans among integers were integers to numpy too
+        [True, 1],
+        [True, False],  # booleans alone were refused
+        [1, 2.5],
+        [1, 256],
+        [255, -1],
+        [1, 2**63],
+        [1, 2**70],
+        [1, "2"],
+        [1, None],
+        [[1, 2], [3, 4]],
+        [[1, 2], [3]],
+        [],
+    ]
+    for data in cases:
+        try:
+            before = np.asarray(data)
+            refused = before.dtype.kind not in "iuf"
+        except (ValueError, TypeError, OverflowError):
+            refused = True
+        if refused:
+            with pytest.raises(InvalidInput):
+                numeric_array(data, "data")
+        else:
+            after = numeric_array(data, "data")
+            assert after.shape == before.shape and np.array_equal(after, before), data

@@ -13,10 +13,12 @@ import pytest
 from pydantic import ValidationError
 
 from serving.batcher import Batcher
-from serving.errors import Overloaded
+from serving.errors import InvalidInput, Overloaded
 from serving.metrics import ServingMetrics
 from serving.model_store import load_version
 from serving.settings import Settings, parse_settings
+from serving.v2 import images_from_array
+from serving.validation import check_range
 from tests.support import REPO
 
 
@@ -33,6 +35,36 @@ def test_committed_generated_code_matches_the_proto(tmp_path):
         assert (tmp_path / relative).read_text() == (REPO / relative).read_text(), (
             f"{relative} is stale: run python protos/generate.py"
         )
+
+
+def test_range_checks_name_what_is_wrong():
+    pixels = np.full((1, 28, 28), 7.0, np.float32)
+    assert check_range(pixels, "x") is pixels
+    for bad, message in (
+        (np.nan, "x contains NaN or infinite values"),
+        (np.inf, "x contains NaN or infinite values"),
+        (-np.inf, "x contains NaN or infinite values"),
+        (255.5, r"x has values in \[7, 255.5\]; pixels must be raw values in \[0, 255\]"),
+        (-1.0, r"x has values in \[-1, 7\]"),
+    ):
+        pixels[0, 3, 4] = bad
+        with pytest.raises(InvalidInput, match=message):
+            check_range(pixels, "x")
+        pixels[0, 3, 4] = 7.0
+    whole = np.arange(784) % 256
+    assert images_from_array(whole, "UINT8", 1, "d").dtype == np.float32
+    for bad, message in (
+        (256, "outside 0..255"),
+        (-1, "outside 0..255"),
+        (0.5, "fractional"),
+        (np.nan, "fractional"),
+    ):
+        values = whole.astype(np.float64)
+        values[5] = bad
+        with pytest.raises(InvalidInput, match=message):
+            images_from_array(values, "UINT8", 1, "d")
+    with pytest.raises(InvalidInput, match="NaN or infinite"):
+        images_from_array(np.full(784, np.inf), "FP32", 1, "d")
 
 
 def test_flags_override_environment_which_overrides_defaults(monkeypatch, tmp_path):
