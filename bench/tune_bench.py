@@ -102,7 +102,7 @@ def median_trial_retrain(preset: str, data_dir: str, output: Path, seed: int | N
         key=lambda t: t.val_accuracy,
         reverse=True,
     )
-    median = ranked[len(ranked) // 2]  # of 5 trials, the 3rd best
+    median = ranked[len(ranked) // 2]  # of 3 trials the 2nd best, of 4 the 3rd
     overrides: dict = {"data": {"dir": data_dir}, "output": {"dir": str(output / "median")}}
     if seed is not None:
         overrides["seed"] = seed

@@ -118,7 +118,8 @@ def test_mixed_precision_keeps_the_distortion_in_float32() -> None:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_ema_ends_the_fit_on_the_averaged_weights() -> None:
+def test_ema_momentum_turns_on_the_optimizers_weight_average() -> None:
+    # Keras' fit() then ends by writing the averaged weights into the model (its trainer's own code).
     model = build_mlp(values(ema_momentum=0.9), steps_per_epoch=4, epochs=1)
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
     assert not build_mlp(values(), 4, 1).optimizer.use_ema
