@@ -66,6 +66,7 @@ class RandomDistortion(keras.layers.Layer):
         rows, cols = np.meshgrid(np.arange(SIZE) - centre, np.arange(SIZE) - centre, indexing="ij")
         self._rows = rows.astype("float32")  # output pixel coordinates relative to the centre
         self._cols = cols.astype("float32")
+        self._upsample = _bicubic_matrix(self.elastic_grid, SIZE)
 
     def _uniform(self, shape: tuple, limit: float):
         return keras.random.uniform(shape, -limit, limit, seed=self.seed_generator)
@@ -88,9 +89,10 @@ class RandomDistortion(keras.layers.Layer):
         src_rows = src_rows - self._uniform(per_image, self.translate_pixels)
         if self.elastic_pixels > 0:
             lattice = self._uniform((n, self.elastic_grid, self.elastic_grid, 2), self.elastic_pixels)
-            field = ops.image.resize(
-                lattice, (SIZE, SIZE), interpolation="bicubic", data_format="channels_last"
-            )
+            # Bicubic upsampling is separable and linear: U @ lattice @ U^T, two small matmuls (XLA-friendly,
+            # unlike the resize op, so the whole training step can be compiled).
+            upsample = ops.convert_to_tensor(self._upsample)
+            field = ops.einsum("ri,nijk,cj->nrck", upsample, lattice, upsample)
             src_cols = src_cols + field[..., 0]
             src_rows = src_rows + field[..., 1]
         return _bilinear(images, src_rows, src_cols)
@@ -109,6 +111,13 @@ class RandomDistortion(keras.layers.Layer):
             "elastic_grid": self.elastic_grid,
             "seed": self.seed,
         }
+
+
+def _bicubic_matrix(grid: int, size: int) -> np.ndarray:
+    """The [size, grid] matrix of 1-D bicubic upsampling as ``ops.image.resize`` does it (half-pixel centres)."""
+    basis = np.eye(grid, dtype="float32").reshape(grid, grid, 1, 1)  # grid one-hot columns, as images
+    resized = ops.image.resize(basis, (size, 1), interpolation="bicubic", data_format="channels_last")
+    return np.asarray(ops.convert_to_numpy(resized))[:, :, 0, 0].T
 
 
 def _bilinear(images, rows, cols):

@@ -103,7 +103,13 @@ def retrain(
 
     x, y = splits.train_and_val()
     batch_size = int(values["batch_size"])
-    model = build_mlp(values, int(np.ceil(len(x) / batch_size)), epochs, config.runtime.steps_per_execution)
+    model = build_mlp(
+        values,
+        int(np.ceil(len(x) / batch_size)),
+        epochs,
+        config.runtime.steps_per_execution,
+        config.runtime.jit_compile,
+    )
     callbacks: list[keras.callbacks.Callback] = []
     if progress is not None:
         progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit

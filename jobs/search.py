@@ -39,7 +39,11 @@ def build_tuner(
         os.environ["KERASTUNER_TUNER_ID"] = tuner_id
     train_size = len(splits.subset(config.search.train_subset)[0])
     hypermodel = MlpHyperModel(
-        config.space, train_size, config.search.epochs, config.runtime.steps_per_execution
+        config.space,
+        train_size,
+        config.search.epochs,
+        config.runtime.steps_per_execution,
+        config.runtime.jit_compile,
     )
     paths = output_paths(config)
     paths.root.mkdir(parents=True, exist_ok=True)

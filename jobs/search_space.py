@@ -40,7 +40,11 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 
 
 def build_mlp(
-    values: dict[str, Any], steps_per_epoch: int, epochs: int, steps_per_execution: int = 1
+    values: dict[str, Any],
+    steps_per_epoch: int,
+    epochs: int,
+    steps_per_execution: int = 1,
+    jit_compile: bool | str = "auto",
 ) -> keras.Model:
     """Build and compile the MLP for a complete set of hyperparameter values.
 
@@ -75,6 +79,7 @@ def build_mlp(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(values.get("label_smoothing", 0.0))),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
     )
     return model
 
@@ -83,13 +88,19 @@ class MlpHyperModel(kt.HyperModel):
     """The search space of ``space``; trials fit on one-hot labels (label smoothing needs them)."""
 
     def __init__(
-        self, space: SpaceConfig, train_size: int, epochs: int, steps_per_execution: int = 1
+        self,
+        space: SpaceConfig,
+        train_size: int,
+        epochs: int,
+        steps_per_execution: int = 1,
+        jit_compile: bool | str = "auto",
     ) -> None:
         super().__init__(name="mnist_mlp", tunable=True)
         self.space = space
         self.train_size = train_size
         self.epochs = epochs
         self.steps_per_execution = steps_per_execution
+        self.jit_compile = jit_compile
         self.verbose = 0  # Keras' progress bar (1) on a terminal; the job sets it
 
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
@@ -121,7 +132,7 @@ class MlpHyperModel(kt.HyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         values = self.declare(hp)
         steps = math.ceil(self.train_size / int(values["batch_size"]))
-        return build_mlp(values, steps, self.trial_epochs(hp), self.steps_per_execution)
+        return build_mlp(values, steps, self.trial_epochs(hp), self.steps_per_execution, self.jit_compile)
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, x: Any, y: Any, **kwargs: Any) -> Any:
         kwargs["verbose"] = self.verbose  # the tuner's own verbose drives its summary display only

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jobs import config as cfg
-from jobs.augment import RandomDistortion, _bilinear
+from jobs.augment import RandomDistortion, _bicubic_matrix, _bilinear
 from jobs.search_space import MlpHyperModel, build_mlp
 
 
@@ -40,6 +40,25 @@ def test_bilinear_samples_shifted_pixels_and_zeros_outside() -> None:
         _bilinear(images, np.broadcast_to(rows, (2, 28, 28)), np.broadcast_to(cols + 0.5, (2, 28, 28)))
     )
     np.testing.assert_allclose(half[:, :, :-1], (images[:, :, :-1] + images[:, :, 1:]) / 2)
+
+
+def test_elastic_field_is_the_bicubic_resize_of_its_lattice() -> None:
+    lattice = np.random.default_rng(0).uniform(-1.5, 1.5, (3, 4, 4, 2)).astype(np.float32)
+    resized = keras.ops.image.resize(lattice, (28, 28), interpolation="bicubic", data_format="channels_last")
+    upsample = _bicubic_matrix(4, 28)
+    np.testing.assert_allclose(
+        np.einsum("ri,nijk,cj->nrck", upsample, lattice, upsample), np.asarray(resized), atol=1e-5
+    )
+
+
+def test_the_layer_compiles_with_xla() -> None:
+    """The default preset trains with ``runtime.jit_compile: true``: every op of the layer must have an XLA kernel."""
+    import tensorflow as tf
+
+    layer = RandomDistortion(rotation_degrees=10, zoom=0.1, translate_pixels=2, elastic_pixels=1.5, seed=1)
+    compiled = tf.function(lambda images: layer(images, training=True), jit_compile=True)
+    out = np.asarray(compiled(tf.constant(digits())))
+    assert out.shape == (32, 28, 28) and not np.array_equal(out, digits())
 
 
 def test_identity_at_inference_and_when_everything_is_off() -> None:

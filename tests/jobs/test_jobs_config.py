@@ -32,6 +32,7 @@ def test_seed_preset_is_the_reference_study() -> None:
     assert config.space.lr_schedule == "constant"
     assert config.search.early_stopping_patience is None and config.search.train_subset is None
     assert config.final.mode == "best_trial" and config.tuner.objective == "val_accuracy"
+    assert config.runtime.jit_compile == "auto"  # Keras' own choice, as the study ran: no XLA on a CPU
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,7 @@ def test_seed_preset_is_the_reference_study() -> None:
         ({"output": {"model_name": "a/b"}}, "output.model_name", "not a valid folder name"),
         ({"space": {"unit": 3}}, "space.unit", "allowed: num_layers, units"),
         ({"tunr": {}}, "tunr", "allowed: preset, seed, tuner"),
+        ({"runtime": {"jit_compile": "always"}}, "runtime.jit_compile", "'auto'"),
     ],
 )
 def test_bad_field_is_named_with_allowed_values(override: dict, field: str, allowed: str) -> None:
