@@ -114,7 +114,7 @@ class RandomDistortion(keras.layers.Layer):
 
 
 def _bicubic_matrix(grid: int, size: int) -> np.ndarray:
-    """The [size, grid] matrix of 1-D bicubic upsampling as ``ops.image.resize`` does it (half-pixel centres)."""
+    """[size, grid]: 1-D bicubic upsampling as ``ops.image.resize`` does it (half-pixel centres)."""
     basis = np.eye(grid, dtype="float32").reshape(grid, grid, 1, 1)  # grid one-hot columns, as images
     resized = ops.image.resize(basis, (size, 1), interpolation="bicubic", data_format="channels_last")
     return np.asarray(ops.convert_to_numpy(resized))[:, :, 0, 0].T

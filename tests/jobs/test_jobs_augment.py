@@ -52,7 +52,7 @@ def test_elastic_field_is_the_bicubic_resize_of_its_lattice() -> None:
 
 
 def test_the_layer_compiles_with_xla() -> None:
-    """The default preset trains with ``runtime.jit_compile: true``: every op of the layer must have an XLA kernel."""
+    """The default preset trains with ``runtime.jit_compile: true``: every op needs an XLA kernel."""
     import tensorflow as tf
 
     layer = RandomDistortion(rotation_degrees=10, zoom=0.1, translate_pixels=2, elastic_pixels=1.5, seed=1)
