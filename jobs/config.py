@@ -240,8 +240,8 @@ class RuntimeConfig(_Strict):
     # (Keras Tuner's trial callback makes batch ends synchronous); the same updates as 1.
     steps_per_execution: PositiveInt = 8
     # XLA for the training step (Keras ``compile(jit_compile=)``). "auto" is Keras' own choice: on where a
-    # GPU is, off on a CPU-only machine. The default preset sets true: on this CPU its epoch takes half the
-    # time compiled (the distortion layer's resampling most of all); docs/tuning.md, "XLA".
+    # GPU is, off on a CPU-only machine. The default preset sets true: on this CPU its epoch is ~1.5x
+    # faster compiled (the distortion layer's resampling most of all); docs/tuning.md, "XLA".
     jit_compile: Literal["auto"] | bool = "auto"
 
 
