@@ -15,7 +15,7 @@ SUPPORTED="3.11 3.12 3.13"
 apt_packages=()
 case "$profile" in
   train) extras="train" ;;
-  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway openssl chromium chromium-driver) ;;
+  dev) extras="train,serve,dev"; apt_packages=(prometheus prometheus-pushgateway openssl chromium chromium-driver curl) ;;
   e2e) extras="train,serve,dev"
        # The dnsname CNI plugin: compose services reach each other by name (podman here uses CNI).
        # podman-compose comes from PyPI (requirements-e2e.txt): Debian's 1.0.3 ignores depends_on conditions.

@@ -1,14 +1,18 @@
 """The draw-a-digit page in a real browser: Debian's chromium driven by Selenium replays pen strokes.
 
-Needs ``chromium`` and ``chromium-driver`` (scripts/setup.sh dev installs them); fails when they are missing.
-The default test trains a small model on the same strokes rendered with PIL (``tests/support/drawing.py``);
-the ``slow`` one serves a model trained on the official MNIST files (``MNIST_DATA_DIR``), which checks
-that the page's preprocessing matches the way MNIST was made.
+Needs ``chromium``, ``chromium-driver`` and ``curl`` (scripts/setup.sh dev installs them); fails when they
+are missing. The default tests train a small model on the same strokes rendered with PIL
+(``tests/support/drawing.py``); one of them also has Triton's gRPC client and curl call the same running
+service. The ``slow`` one serves a model trained on the official MNIST files (``MNIST_DATA_DIR``), which
+checks that the page's preprocessing matches the way MNIST was made.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ import pytest
 import modelrepo
 from tests.support import REPO, wait_for
 from tests.support.drawing import CANVAS, jittered, training_set
-from tests.support.serving import metadata, wait_serving
+from tests.support.serving import metadata, publish_copy, wait_serving
 from tests.support.tools import require_tools
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -42,10 +46,27 @@ def browser() -> Iterator:
     driver.quit()
 
 
-def export(model, root: Path) -> None:
+def export(model, root: Path) -> Path:
     from jobs.export import export_model
 
-    export_model(model, root, metadata(val_accuracy=0.99))
+    return export_model(model, root, metadata(val_accuracy=0.99))[1]
+
+
+@pytest.fixture(scope="module")
+def stroke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported MLP trained on rendered strokes, the kind of digits the page's test draws."""
+    images, labels = training_set(150, seed=1)
+    model = mlp(128)
+    model.fit(images, labels, epochs=15, batch_size=64, verbose=0)
+    return export(model, tmp_path_factory.mktemp("stroke-model"))
+
+
+def serve_strokes(start_server, stroke_model: Path, tmp_path: Path):
+    root = tmp_path / "models"
+    publish_copy(stroke_model, root)
+    server = start_server(model_root=root)
+    wait_serving(server.target)
+    return server
 
 
 def mlp(units: int):
@@ -139,14 +160,8 @@ def check_page(driver, url: str, results: list[tuple[int, dict]], least: float) 
     assert not others, f"the page called another origin: {others}"
 
 
-def test_drawn_digits_are_recognised_in_chromium(browser, start_server, tmp_path):
-    images, labels = training_set(150, seed=1)
-    model = mlp(128)
-    model.fit(images, labels, epochs=15, batch_size=64, verbose=0)
-    root = tmp_path / "models"
-    export(model, root)
-    server = start_server(model_root=root)
-    wait_serving(server.target)
+def test_drawn_digits_are_recognised_in_chromium(browser, start_server, stroke_model, tmp_path):
+    server = serve_strokes(start_server, stroke_model, tmp_path)
     url = f"{server.base_url}/"
     results = replay_digits(browser, url, variants=2, seed=7)
     check_page(browser, url, results, least=0.8)
@@ -171,6 +186,89 @@ def test_drawn_digits_are_recognised_in_chromium(browser, start_server, tmp_path
     shot = Path(os.environ.get("DIGITS_PAGE_SCREENSHOT", tmp_path / "draw-page.png"))
     shot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(shot))
+
+
+def curl(*args: str) -> tuple[int, dict]:
+    """The real curl binary: (HTTP status, JSON body)."""
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "30", "-w", "\\n%{http_code}", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def test_tritonclient_curl_and_chromium_get_answers_from_one_service(
+    browser, start_server, stroke_model, tmp_path
+):
+    """Issue 10's "done when": a Triton/KServe client, curl and a headless browser on one running server."""
+    require_tools("curl")
+    server = serve_strokes(start_server, stroke_model, tmp_path)
+    images, labels = training_set(3, seed=2)  # strokes the model did not see
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+    # Triton's own gRPC client, in its own process (tests/support/triton_client.py).
+    np.save(tmp_path / "images.npy", images)
+    triton = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests/support/triton_client.py"),
+            server.target,
+            str(tmp_path / "images.npy"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert triton.returncode == 0, triton.stderr[-3000:]
+    by_triton = json.loads(triton.stdout.strip().splitlines()[-1])
+    assert by_triton["model_ready"] and by_triton["fp32"]["model_version"] == "1"
+    triton_classes = np.asarray(by_triton["fp32"]["classes"])
+    assert np.mean(triton_classes == labels) >= 0.8, (triton_classes, labels)
+
+    # curl: v2 REST and TF Serving REST give the same classes; a bad shape is a 400 naming it.
+    (tmp_path / "v2.json").write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "UINT8",
+                        "shape": [len(images), 28, 28],
+                        "data": images.ravel().tolist(),
+                    }
+                ]
+            }
+        )
+    )
+    json_post = ("-H", "Content-Type: application/json", "--data-binary")
+    status, v2 = curl(*json_post, f"@{tmp_path / 'v2.json'}", f"{server.base_url}/v2/models/mnist/infer")
+    assert status == 200, v2
+    outputs = {output["name"]: output["data"] for output in v2["outputs"]}
+    np.testing.assert_array_equal(outputs["classes"], triton_classes)
+    (tmp_path / "tfs.json").write_text(json.dumps({"instances": images.tolist()}))
+    status, tfs = curl(*json_post, f"@{tmp_path / 'tfs.json'}", f"{server.base_url}/v1/models/mnist:predict")
+    assert status == 200, tfs
+    np.testing.assert_array_equal([p["classes"] for p in tfs["predictions"]], triton_classes)
+    bad = json.dumps({"instances": [[0.0] * 27]})
+    status, error = curl(*json_post, bad, f"{server.base_url}/v1/models/mnist:predict")
+    assert status == 400 and "shape" in error["error"], error
+    assert curl(f"{server.base_url}/v2/models/mnist/ready")[0] == 200
+
+    # Chromium: the page, on the same server.
+    url = f"{server.base_url}/"
+    check_page(browser, url, replay_digits(browser, url, variants=1, seed=5), least=0.8)
+
+    # One service answered all three: its metrics count both protocols.
+    registry = server.server.metrics.registry
+    count = registry.get_sample_value
+    assert count("digits_requests_total", {"protocol": "grpc", "method": "v2.ModelInfer", "code": "OK"}) >= 3
+    assert count("digits_requests_total", {"protocol": "http", "method": "v2.ModelInfer", "code": "OK"}) >= 11
 
 
 @pytest.mark.slow
