@@ -55,8 +55,8 @@ Handler = Callable[[Scope, bytes], Awaitable[object]]
 
 
 def json_response(body: object, status: int = 200) -> Response:
-    """The same JSON as a Starlette response (for Starlette's own 404/405 handler)."""
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON_TYPE)
+    """:func:`json_reply`'s JSON as a Starlette response (for Starlette's own 404/405 handler)."""
+    return Response(json_reply(body).body, status, media_type=JSON_TYPE)
 
 
 def parse_json(body: bytes) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import modelrepo
 from tests.support import REPO, wait_for
 from tests.support.drawing import CANVAS, jittered, training_set
-from tests.support.serving import metadata, publish_copy, wait_serving
+from tests.support.serving import metadata, publish_copy, triton_client_answer, wait_serving
 from tests.support.tools import require_tools
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -211,22 +210,7 @@ def test_tritonclient_curl_and_chromium_get_answers_from_one_service(
     images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
     # Triton's own gRPC client, in its own process (tests/support/triton_client.py).
-    np.save(tmp_path / "images.npy", images)
-    triton = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests/support/triton_client.py"),
-            server.target,
-            str(tmp_path / "images.npy"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert triton.returncode == 0, triton.stderr[-3000:]
-    by_triton = json.loads(triton.stdout.strip().splitlines()[-1])
+    by_triton = triton_client_answer(server.target, images, tmp_path)
     assert by_triton["model_ready"] and by_triton["fp32"]["model_version"] == "1"
     triton_classes = np.asarray(by_triton["fp32"]["classes"])
     assert np.mean(triton_classes == labels) >= 0.8, (triton_classes, labels)

@@ -7,10 +7,6 @@ cannot be imported in this process (duplicate descriptors): it runs unchanged in
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import grpc
 import numpy as np
 import pytest
@@ -18,8 +14,7 @@ import pytest
 from digits.inference import grpc_predict_v2_pb2 as pb
 from digits.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from digits.v1 import digits_pb2, digits_pb2_grpc
-from tests.support import REPO
-from tests.support.serving import publish_copy, wait_serving
+from tests.support.serving import publish_copy, triton_client_answer, wait_serving
 
 OK, INVALID, NOT_FOUND, UNAVAILABLE, UNIMPLEMENTED = (
     grpc.StatusCode.OK,
@@ -206,22 +201,7 @@ def _with_output(request: pb.ModelInferRequest, name: str) -> pb.ModelInferReque
 def test_tritonclient_grpc_works_unchanged(served, test_images, tmp_path):
     """Triton's Python gRPC client, as a KServe/Triton user would call us (in its own process)."""
     images, labels = test_images
-    np.save(tmp_path / "images.npy", images[:32])
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests/support/triton_client.py"),
-            served.target,
-            str(tmp_path / "images.npy"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    answer = triton_client_answer(served.target, images[:32], tmp_path)
     assert answer["live"] and answer["ready"] and answer["model_ready"]
     assert answer["metadata"]["inputs"][0] == {
         "name": "images",

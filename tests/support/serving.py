@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,11 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import modelrepo
 from serving.server import PredictionServer, create_server
 from serving.settings import Settings
+from tests.support import REPO
 
 
 def build_model(seed: int = 0):
@@ -186,3 +190,18 @@ def fixed_rows_fn(rows: int = 2):
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}
 
     return serve
+
+
+def triton_client_answer(target: str, images: np.ndarray, workdir: Path) -> dict:
+    """Triton's own gRPC client on ``images`` in a child process (tests/support/triton_client.py)."""
+    np.save(workdir / "images.npy", images)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests/support/triton_client.py"), target, str(workdir / "images.npy")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
