@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.support.crds import katib_validator, schema_errors
 from tests.support.katib_tools import (
     DEFAULT_FILTER,
     METRICS_FILE,
+    ZERO_TIME,
     parse_metrics,
     stdout_collector_script,
     substitute,
@@ -288,9 +290,12 @@ def test_a_trial_runs_as_katibs_collector_runs_it(experiment, katib_run) -> None
         found = parse_metrics(run["metrics"], metrics)
         epochs = [line for line in run["metrics"].splitlines() if re.search(r" epoch \d+/\d+ ", line)]
         assert len(epochs) == 2, run["metrics"][-2000:]
-        values = [v for n, v in found if n == "val_accuracy"]
-        losses = [v for n, v in found if n == "val_loss"]
+        values = [v for n, v, _ in found if n == "val_accuracy"]
+        losses = [v for n, v, _ in found if n == "val_loss"]
         assert len(values) == len(losses) == 2  # the objective for every epoch, and nothing else
+        # Each value carries its line's own time (RFC 3339), not Katib's zero time.
+        stamps = [datetime.fromisoformat(t) for n, _, t in found if n == "val_accuracy"]
+        assert ZERO_TIME not in {t for *_, t in found} and stamps == sorted(stamps), found
         record = json.loads((run["dir"] / "trial.json").read_text())
         assert values == pytest.approx(record["history"]["val_accuracy"], abs=6e-5)
         assert record["trial"] == name and (run["dir"] / "model.weights.h5").is_file()

@@ -228,14 +228,21 @@ def expand_args(text: str) -> str:
     return re.sub(r"\$\$", "$", text)
 
 
-def parse_metrics(log: str, metric_names: list[str]) -> list[tuple[str, float]]:
-    """(name, value) in log order, as parseLogsInTextFormat reads the StdOut collector's file."""
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's time.Time{} in RFC 3339: what a line without a time gets
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def parse_metrics(log: str, metric_names: list[str]) -> list[tuple[str, float, str]]:
+    """(name, value, timestamp) in log order, as parseLogsInTextFormat reads the StdOut collector's file:
+    the timestamp is the line's first word if it is RFC 3339 (time.RFC3339Nano), else the zero time."""
     found = []
     for line in log.split("\n"):
         if not any(name in line for name in metric_names):
             continue
+        first = line.split(" ", 1)[0]
+        stamp = first if " " in line and RFC3339.match(first) else ZERO_TIME
         for match in DEFAULT_FILTER.finditer(line):
             name, value = match[1].strip(), match[2].strip()
             if name in metric_names and value:  # an empty value is Katib's "unavailable"
-                found.append((name, float(value)))
+                found.append((name, float(value), stamp))
     return found
