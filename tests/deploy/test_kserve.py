@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -310,6 +311,7 @@ def test_predictor_on_a_read_only_mount_answers_kserve_clients(predictor, models
     probe = container["readinessProbe"]["httpGet"]
     ready_url = running.url(probe["port"], probe["path"])
     # No model yet: KServe's default TCP probe would pass (the port is open), ours must not.
+    socket.create_connection(("127.0.0.1", running.ports[container["ports"][0]["containerPort"]]), 5).close()
     assert http_status(ready_url) == 503
     time.sleep(1.5)
     assert http_status(ready_url) == 503
