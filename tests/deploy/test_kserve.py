@@ -118,6 +118,7 @@ BROKEN = {
     "missing required": ("ServingRuntime", _set("spec.containers", _DELETE), "containers"),
     "isvc name pattern": ("InferenceService", _set("metadata.name", "MNIST_model"), "does not match"),
     "autoscaler class": ("InferenceService", None, "autoscaler class"),  # its key holds dots: set below
+    "writable model mount": ("InferenceService", None, "read-write"),  # as above
     "hpa metric": ("InferenceService", _set("spec.predictor.scaleMetric", "rps"), "not a supported metric"),
     "hpa target above 100": ("InferenceService", _set("spec.predictor.scaleTarget", 170), "[1-100]"),
     "hpa metric source": (
@@ -170,6 +171,8 @@ def test_a_broken_copy_fails(rendered, case: str) -> None:
     if case == "autoscaler class":
         # "kpa" is a class name, but not one KServe allows on an InferenceService
         target["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] = "kpa"
+    elif case == "writable model mount":
+        target["metadata"]["annotations"]["storage.kserve.io/readonly"] = "false"
     else:
         mutate(target)
     errors = all_errors(runtime, isvc)

@@ -185,6 +185,9 @@ def runtime_fit_errors(runtime: dict[str, Any], isvc: dict[str, Any]) -> list[st
         errors.append(f"the runtime's first container must be {CONTAINER!r}, found {names}")
     if not PVC_URI.match(model.get("storageUri", "")):
         errors.append(f"storageUri {model.get('storageUri')!r} is not pvc://<claim>/<path>")
+    # GetStorageInitializerReadOnlyFlag: the claim is mounted read-only unless this annotation says "false".
+    if isvc["metadata"].get("annotations", {}).get("storage.kserve.io/readonly") == "false":
+        errors.append("storage.kserve.io/readonly: false would mount the tune Job's claim read-write")
     return errors
 
 
