@@ -82,6 +82,15 @@ def test_each_variant_passes_schema_and_admission(rendered, variant: str) -> Non
     assert all_errors(docs["ServingRuntime"], docs["InferenceService"]) == []
 
 
+def test_the_runtime_also_fits_as_a_cluster_serving_runtime(rendered) -> None:
+    """Teams sharing one runtime across namespaces: the same spec as a ClusterServingRuntime."""
+    runtime = copy.deepcopy(rendered[""]["ServingRuntime"])
+    runtime["kind"] = "ClusterServingRuntime"
+    assert schema_errors(crd_validator("ClusterServingRuntime"), runtime) == []
+    runtime["spec"]["containers"][0]["ports"][0]["port"] = 8080
+    assert schema_errors(crd_validator("ClusterServingRuntime"), runtime)
+
+
 def _set(path: str, value: Any) -> Callable[[dict], None]:
     def apply(doc: dict) -> None:
         *parents, last = path.split(".")
