@@ -2,7 +2,7 @@
 # Set up this checkout: system tools (on Debian/Ubuntu, when root) and a virtualenv in .venv.
 #   scripts/setup.sh train   the tuning job only (no system tools)
 #   scripts/setup.sh dev     everything the default test run needs (job, service, Prometheus, Pushgateway,
-#                            Chromium for the page test, ...)
+#                            Chromium for the page test, KServe's SDK in .venv-kserve, ...)
 #   scripts/setup.sh e2e     dev + podman, debootstrap, the CNI dnsname plugin and podman-compose (pinned in
 #                            requirements-e2e.txt) for the container end-to-end test (pytest -m e2e)
 # The interpreter: $PYTHON if set, else the first of python3.13, python3.12, python3.11, python3 whose
@@ -81,4 +81,10 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]"
 if [ "$profile" = e2e ]; then
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -r requirements-e2e.txt
+fi
+# KServe's Python SDK (its REST and gRPC clients, for tests/deploy/test_kserve.py) in its own virtualenv:
+# kserve 0.21.0 pins protobuf below 7, the project's tree has protobuf 7 (requirements-kserve.txt).
+if [ "$profile" != train ]; then
+  [ -x .venv-kserve/bin/python ] || .venv/bin/python -m venv .venv-kserve
+  .venv-kserve/bin/pip install -q --disable-pip-version-check -r requirements-kserve.txt
 fi

@@ -35,6 +35,8 @@ LAYERS: dict[str, int] = {
     "jobs.distributed.worker": 6,
     "jobs.distributed.chief": 6,
     "jobs.pipeline": 7,
+    "jobs.trial": 7,  # a Katib trial: the search's model and fit for one set of values
+    "jobs.promote": 8,  # publishes a trial's model (uses jobs.trial's build)
     "jobs.cli": 8,
     "jobs.tune": 9,
     "jobs.__main__": 9,
