@@ -48,6 +48,7 @@ from tests.support.containers import (
     progress_to_terminal,
     run,
     say,
+    timestamp,
 )
 from tests.support.tools import require_tools
 
@@ -170,18 +171,6 @@ class Stack:
             lines += [f"  {service}:", "    ports: !override"] + [f'      - "{port}"' for port in ports]
         path.write_text("\n".join(lines) + "\n")
         self.extra_files.append(path)
-
-
-def timestamp(container: dict, field: str) -> float:
-    """``StartedAt`` / ``FinishedAt`` of ``podman inspect`` in seconds since the epoch."""
-    text = container["State"][field]  # e.g. 2026-12-03T10:01:02.123456789Z or ...+00:00
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
-    assert match, f"unexpected {field} {text!r}"
-    from datetime import datetime
-
-    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    seconds = datetime.fromisoformat(match.group(1) + zone).timestamp()
-    return seconds + float(f"0.{match.group(2) or 0}")
 
 
 def metric_value(metrics_url: str, name: str, labels: str) -> float | None:

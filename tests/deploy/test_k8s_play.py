@@ -25,7 +25,13 @@ import pytest
 import modelrepo
 from jobs.errors import EXIT_DISTRIBUTED
 from tests.support import REPO, wait_for
-from tests.support.containers import build_project_images, make_base_image, podman_env, progress_to_terminal
+from tests.support.containers import (
+    build_project_images,
+    make_base_image,
+    podman_env,
+    progress_to_terminal,
+    timestamp,
+)
 from tests.support.containers import run as run_command
 from tests.support.containers import say as _say
 from tests.support.kube import (
@@ -166,7 +172,10 @@ def test_a_worker_whose_chief_never_appears_exits_6_within_its_wait(
     assert code == EXIT_DISTRIBUTED, f"worker exited {code}\n{log}"
     assert f"not reachable within {wait} s" in log, log
     assert job_outcome(job, {1: code}) == "replace [1]"  # retried, not FailJob
-    say(f"worker without a chief exited {code} ({state['StartedAt']} -> {state['FinishedAt']})")
+    # Bounded: the wait plus the worker's own start (TensorFlow import, data load) on two busy cores.
+    ran_for = timestamp({"State": state}, "FinishedAt") - timestamp({"State": state}, "StartedAt")
+    assert ran_for < wait + 90, f"the worker ran {ran_for:.0f} s for a {wait} s wait"
+    say(f"worker without a chief exited {code} after {ran_for:.0f} s (connect wait {wait} s)")
 
 
 @pytest.mark.timeout(3600)
@@ -178,7 +187,8 @@ def test_tune_job_runs_as_its_indexed_pods_then_the_deployment_serves_it(
     workspace = played.claim(find(manifests, "PersistentVolumeClaim", CLAIM))
 
     # (3, first half) The serving pod starts with the Job (kubectl apply -k): not ready before an export.
-    serve_pod = pods_for(deployment, replicas=1)[0]  # one replica of 2: two cores
+    serve_pod = pods_for(deployment, replicas=1)[0]
+    say(f"deviation: {DEPLOYMENT}: 1 replica played of {deployment['spec']['replicas']} (two cores)")
     serve_name = serve_pod["metadata"]["name"]
     serve_container = serve_pod["spec"]["containers"][0]
     played.address(serve_name)
@@ -273,9 +283,7 @@ def test_tune_job_runs_as_its_indexed_pods_then_the_deployment_serves_it(
     after = played.container(serve_name, "serve")
     assert after["State"]["StartedAt"] == before["State"]["StartedAt"], "serve was restarted"
     assert after.get("RestartCount", 0) == before.get("RestartCount", 0), "serve was restarted"
-    say(
-        f"one-off tune pod exported version 2; serve answers with it, never restarted; {time.monotonic() - t0:.0f} s"
-    )
+    say(f"one-off pod exported version 2, served without a restart ({time.monotonic() - t0:.0f} s in all)")
 
 
 @pytest.mark.timeout(3600)
@@ -293,7 +301,7 @@ def test_a_chief_killed_mid_search_is_replaced_and_the_search_exports_once(
     def completed() -> dict[str, dict]:
         return {k: r for k, r in trial_records(workspace).items() if r["status"] == "COMPLETED"}
 
-    wait_for(lambda: completed(), 900, "a first completed trial on the volume", interval=0.5)
+    wait_for(completed, 900, "a first completed trial on the volume", interval=0.5)
     finished_before = completed()
     assert not (workspace / "run" / "tuner" / "search_done.json").exists(), "search over before the kill"
     played.kill(f"{JOB}-0", "tune")

@@ -9,10 +9,12 @@ bundle mounted into the builds, layer cache kept). Both suites run exactly these
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,13 @@ def build_project_images(env: dict[str, str], tag: str = "e2e") -> dict[str, str
         env=env,
     )
     return images
+
+
+def timestamp(container: dict, field: str) -> float:
+    """``StartedAt`` / ``FinishedAt`` of ``podman inspect`` in seconds since the epoch."""
+    text = container["State"][field]  # e.g. 2026-12-03T10:01:02.123456789Z or ...+00:00
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    assert match, f"unexpected {field} {text!r}"
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    seconds = datetime.fromisoformat(match.group(1) + zone).timestamp()
+    return seconds + float(f"0.{match.group(2) or 0}")

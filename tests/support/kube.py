@@ -381,7 +381,7 @@ def _port(value: int | str, container: dict) -> int:
     raise LookupError(f"container {container['name']} has no port named {value!r}")
 
 
-def probe(cluster_: Cluster, pod_name: str, container: dict, spec: dict) -> bool:
+def probe(cluster_: Cluster, pod_name: str, container: dict, spec: dict) -> bool:  # noqa: PLR0911
     """One run of a probe (``grpc``, ``httpGet``, ``tcpSocket`` or ``exec``) against the pod, as the kubelet.
 
     ``container`` is the container as written (named ports resolve against it); the probe's
@@ -403,7 +403,8 @@ def probe(cluster_: Cluster, pod_name: str, container: dict, spec: dict) -> bool
         return reply.status == health_pb2.HealthCheckResponse.SERVING
     if "httpGet" in spec:
         get = spec["httpGet"]
-        url = f"{get.get('scheme', 'HTTP').lower()}://{ip}:{_port(get['port'], container)}{get.get('path', '/')}"
+        port = _port(get["port"], container)
+        url = f"{get.get('scheme', 'HTTP').lower()}://{ip}:{port}{get.get('path', '/')}"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 return 200 <= response.status < 400
