@@ -338,8 +338,12 @@ class Cluster:
 
         ours = {*self.files, *self.addresses}
         pods = [p for p in names("pod", "ps") if p in ours]
-        containers = self.podman("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
-        containers = [c for c in containers if any(c.startswith(f"{p}-") for p in ours)]
+        listed = self.podman("ps", "-a", "--format", "{{.Names}} {{.PodName}}", check=False).stdout
+        containers = []
+        for line in listed.splitlines():  # a pod's infra container is named after its id, not its name
+            container, _, pod = line.partition(" ")
+            if pod.strip() in ours or any(container.startswith(f"{p}-") for p in ours):
+                containers.append(container)
         volumes = [v for v in names("volume", "ls") if v in self.claims]
         networks = [n for n in names("network", "ls") if n == self.name]
         return {"pods": pods, "containers": containers, "volumes": volumes, "networks": networks}
