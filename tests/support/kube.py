@@ -338,7 +338,7 @@ class Cluster:
 
         ours = {*self.files, *self.addresses}
         pods = [p for p in names("pod", "ps") if p in ours]
-        listed = self.podman("ps", "-a", "--format", "{{.Names}} {{.PodName}}", check=False).stdout
+        listed = self.podman("ps", "-a", "--pod", "--format", "{{.Names}} {{.PodName}}", check=False).stdout
         containers = []
         for line in listed.splitlines():  # a pod's infra container is named after its id, not its name
             container, _, pod = line.partition(" ")
@@ -348,14 +348,22 @@ class Cluster:
         networks = [n for n in names("network", "ls") if n == self.name]
         return {"pods": pods, "containers": containers, "volumes": volumes, "networks": networks}
 
-    def teardown(self) -> None:
-        """``podman kube down`` every played Pod, remove the claims' volumes and the network."""
+    def teardown(self, force: bool = False) -> None:
+        """``podman kube down`` every played Pod, then remove the claims' volumes and the network.
+
+        Without ``force`` nothing is removed that ``kube down`` should have removed: a volume still in use
+        or a network with containers stays, and :meth:`leftovers` shows it. ``force`` also removes this
+        cluster's pods, volumes and network whatever their state (after a failed test).
+        """
         for pod_name in list(self.files):
             self.podman("kube", "down", str(self.files.pop(pod_name)), check=False)
+        if force:
+            for pod_name in self.addresses:
+                self.podman("pod", "rm", "--force", pod_name, check=False)
         for claim in self.claims:
             # podman 4.3's `kube down` leaves a PVC's volume: removed as a cluster deletes the claim.
-            self.podman("volume", "rm", "--force", claim, check=False)
-        self.podman("network", "rm", "--force", self.name, check=False)
+            self.podman("volume", "rm", *(["--force"] if force else []), claim, check=False)
+        self.podman("network", "rm", *(["--force"] if force else []), self.name, check=False)
 
 
 @contextmanager
@@ -369,7 +377,7 @@ def cluster(name: str, subnet: str, env: dict[str, str], keep: bool = False) -> 
         yield played
     finally:
         if not keep:
-            played.teardown()
+            played.teardown(force=True)
             shutil.rmtree(workdir, ignore_errors=True)
 
 
