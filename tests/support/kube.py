@@ -40,6 +40,7 @@ import yaml
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_KUBE_NETWORK = "podman-default-kube-network"  # what kube play creates without --network
 _DEPENDENT_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -271,7 +272,7 @@ class Cluster:
         self.addresses: dict[str, str] = {}
         self.files: dict[str, Path] = {}  # played pod name -> its file (for kube down)
         self.claims: list[str] = []
-        self.images: dict[str, str] = {}
+        self.default_network_existed = False
 
     def podman(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         result = subprocess.run(
@@ -288,6 +289,8 @@ class Cluster:
         return result
 
     def create(self) -> None:
+        networks = self.podman("network", "ls", "--format", "{{.Name}}").stdout.split()
+        self.default_network_existed = DEFAULT_KUBE_NETWORK in networks
         self.podman("network", "create", "--subnet", str(self.network), self.name)
 
     def address(self, pod_name: str) -> str:
@@ -300,7 +303,8 @@ class Cluster:
         """Play a ``PersistentVolumeClaim`` (a named volume); returns its folder on the host."""
         path = self.workdir / f"pvc-{pvc['metadata']['name']}.yaml"
         path.write_text(yaml.safe_dump(pvc))
-        self.podman("kube", "play", str(path))
+        # --network: otherwise kube play creates (and leaves) podman-default-kube-network for it.
+        self.podman("kube", "play", "--network", self.name, str(path))
         self.claims.append(pvc["metadata"]["name"])
         mountpoint = self.podman("volume", "inspect", "-f", "{{.Mountpoint}}", pvc["metadata"]["name"])
         return Path(mountpoint.stdout.strip())
@@ -345,7 +349,8 @@ class Cluster:
             if pod.strip() in ours or any(container.startswith(f"{p}-") for p in ours):
                 containers.append(container)
         volumes = [v for v in names("volume", "ls") if v in self.claims]
-        networks = [n for n in names("network", "ls") if n == self.name]
+        ours_networks = {self.name} | (set() if self.default_network_existed else {DEFAULT_KUBE_NETWORK})
+        networks = [n for n in names("network", "ls") if n in ours_networks]
         return {"pods": pods, "containers": containers, "volumes": volumes, "networks": networks}
 
     def teardown(self, force: bool = False) -> None:
