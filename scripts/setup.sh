@@ -4,7 +4,8 @@
 #   scripts/setup.sh dev     everything the default test run needs (job, service, Prometheus, Pushgateway,
 #                            Chromium for the page test, KServe's SDK in .venv-kserve, ...)
 #   scripts/setup.sh e2e     dev + podman, debootstrap, the CNI dnsname plugin and podman-compose (pinned in
-#                            requirements-e2e.txt) for the container end-to-end test (pytest -m e2e)
+#                            requirements-e2e.txt) for the container end-to-end test (pytest -m e2e), and
+#                            catatonit for the played manifests (pytest -m k8s)
 # The interpreter: $PYTHON if set, else the first of python3.13, python3.12, python3.11, python3 whose
 # version the pinned wheels support (SUPPORTED below; pyproject.toml's requires-python says the same).
 set -euo pipefail
@@ -19,8 +20,9 @@ case "$profile" in
   e2e) extras="train,serve,dev"
        # The dnsname CNI plugin: compose services reach each other by name (podman here uses CNI).
        # podman-compose comes from PyPI (requirements-e2e.txt): Debian's 1.0.3 ignores depends_on conditions.
+       # catatonit: podman builds its pause image from it, which `podman kube play` needs (pytest -m k8s).
        apt_packages=(prometheus prometheus-pushgateway openssl podman runc buildah debootstrap
-                     golang-github-containernetworking-plugin-dnsname) ;;
+                     golang-github-containernetworking-plugin-dnsname catatonit) ;;
   *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;
 esac
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 import urllib.request
@@ -42,6 +41,15 @@ import yaml
 
 from tests.deploy.test_dashboard_queries import has_number, panel_queries, query
 from tests.support import REPO, free_port, wait_for
+from tests.support.containers import (
+    build_project_images,
+    make_base_image,
+    podman_env,
+    progress_to_terminal,
+    run,
+    say,
+    timestamp,
+)
 from tests.support.tools import require_tools
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +66,6 @@ RULES = REPO / "monitoring" / "rules" / "digits-alerts.yml"
 STAND_IN_LABEL = "io.mnist-e2e.stand-in"
 COMPOSE_LABEL = "io.podman.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-BUILD_MOUNTS = "-v /etc/ssl/certs:/etc/ssl/certs:ro"  # a TLS-intercepting proxy: pip in the build needs it
 # Retraining on the same volume, as README.md and docs/deployment.md tell a compose user to do it
 # (`docker compose run --rm -e TUNE_EXPORT_AGAIN=1 tune`): a one-off tune container with the extra
 # variable. Not `TUNE_EXPORT_AGAIN=1 up`: podman-compose 1.6.0 starts the exited tune container again with
@@ -69,47 +76,9 @@ RETRAIN = ("run", "--rm", "-e", "TUNE_EXPORT_AGAIN=1", "tune")
 ACCURACY_TOLERANCE = 0.001  # 10 of 10,000 images: float differences between the job's evaluate and serving
 
 
-_capture_manager = None  # pytest's capture manager, so progress lines reach the terminal as they happen
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _progress_to_terminal(pytestconfig: pytest.Config) -> None:
-    global _capture_manager  # noqa: PLW0603
-    _capture_manager = pytestconfig.pluginmanager.getplugin("capturemanager")
-
-
-def say(message: str) -> None:
-    """A progress line on the terminal even while pytest captures output (and in the captured log)."""
-    line = f"{time.strftime('%H:%M:%S', time.gmtime())} [e2e] {message}"
-    print(line)
-    if _capture_manager is not None:
-        with _capture_manager.global_and_fixture_disabled():
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-
-
-def run(
-    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run a command; with ``check`` a non-zero exit fails the test with the command's own output."""
-    # No stdin: `podman-compose run` allocates a TTY and would put a terminal on stdin into raw mode.
-    result = subprocess.run(
-        args,
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"{shlex.join(args)} exited {result.returncode}\n--- stdout (tail)\n{result.stdout[-4000:]}"
-            f"\n--- stderr (tail)\n{result.stderr[-4000:]}",
-            pytrace=False,
-        )
-    return result
+    progress_to_terminal(pytestconfig)
 
 
 def qualified(image: str) -> str:
@@ -133,14 +102,7 @@ class Stack:
     def __init__(self, mnist: Path) -> None:
         self.compose_bin = str(Path(sys.executable).parent / "podman-compose")
         self.ports = {name: free_port() for name in ("grpc", "metrics", "prometheus", "pushgateway")}
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "DIGITS_", "E2E_"))}
-        env.pop("TF_PACKAGE", None)  # the compose file's default (CPU TensorFlow)
-        env.update(
-            CONTAINERS_CONF=os.environ.get("CONTAINERS_CONF", str(REPO / "scripts" / "containers.conf")),
-            MNIST_DATA_DIR=str(mnist),
-            TUNE_PUSHGATEWAY="pushgateway:9091",
-        )
-        self.env = env
+        self.env = podman_env(MNIST_DATA_DIR=str(mnist), TUNE_PUSHGATEWAY="pushgateway:9091")
         self.extra_files: list[Path] = []  # overrides the test writes (ports; tune's arguments)
         self.spec = yaml.safe_load((REPO / "compose.yaml").read_text())
 
@@ -209,18 +171,6 @@ class Stack:
             lines += [f"  {service}:", "    ports: !override"] + [f'      - "{port}"' for port in ports]
         path.write_text("\n".join(lines) + "\n")
         self.extra_files.append(path)
-
-
-def timestamp(container: dict, field: str) -> float:
-    """``StartedAt`` / ``FinishedAt`` of ``podman inspect`` in seconds since the epoch."""
-    text = container["State"][field]  # e.g. 2026-12-03T10:01:02.123456789Z or ...+00:00
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
-    assert match, f"unexpected {field} {text!r}"
-    from datetime import datetime
-
-    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    seconds = datetime.fromisoformat(match.group(1) + zone).timestamp()
-    return seconds + float(f"0.{match.group(2) or 0}")
 
 
 def metric_value(metrics_url: str, name: str, labels: str) -> float | None:
@@ -311,51 +261,6 @@ def build_stand_ins(stack: Stack) -> list[str]:
         added.append(name)
         say(f"{service}: stand-in from Debian's package tagged {name} (for this test only)")
     return added
-
-
-def build_project_images(stack: Stack) -> None:
-    """``podman-compose build``: the compose file's own build sections (mnist-tune, mnist-serve)."""
-    images = [qualified_local(stack.spec["services"][s]["image"]) for s in ("tune", "serve")]
-    previous = {
-        run(["podman", "image", "inspect", "-f", "{{.Id}}", image], env=stack.env, check=False).stdout.strip()
-        for image in images
-    } - {""}
-    stack.compose(f"--podman-build-args={BUILD_MOUNTS}", "build", timeout=3000)
-    current = {
-        run(["podman", "image", "inspect", "-f", "{{.Id}}", image], env=stack.env).stdout.strip()
-        for image in images
-    }
-    # The images these builds replaced are untagged now (2 GB each); the layer cache stays.
-    for image_id in previous - current:
-        run(["podman", "rmi", image_id], env=stack.env, check=False)
-    for image in images:
-        user = run(["podman", "image", "inspect", "-f", "{{.Config.User}}", image], env=stack.env).stdout
-        assert user.strip() == "10001:10001", f"{image} runs as {user.strip()!r}"
-        size = int(run(["podman", "image", "inspect", "-f", "{{.Size}}", image], env=stack.env).stdout)
-        say(f"image {image}: {size // 1_000_000} MB")
-    # The serving image: no keras-tuner, no compilers.
-    run(
-        [
-            "podman",
-            "run",
-            "--rm",
-            "--network=none",
-            "--entrypoint",
-            "python",
-            images[1],
-            "-c",
-            "import importlib.util, shutil, sys\n"
-            "found = [m for m in ('keras_tuner', 'matplotlib') if importlib.util.find_spec(m)]\n"
-            "found += [c for c in ('gcc', 'cc', 'g++', 'c++', 'clang') if shutil.which(c)]\n"
-            "sys.exit(f'serve image contains {found}' if found else 0)",
-        ],
-        env=stack.env,
-    )
-
-
-def qualified_local(image: str) -> str:
-    """What podman tags a built short name as: ``mnist-serve:latest`` -> ``localhost/mnist-serve:latest``."""
-    return image if "/" in image else f"localhost/{image}"
 
 
 def wait_for_tune(stack: Stack, after: float, timeout: float) -> dict:
@@ -451,10 +356,10 @@ def test_compose_stack_end_to_end(stack: Stack, mnist: Path, tmp_path: Path) -> 
         "podman-compose 1.6.0 adds (podman would re-run the one-shot tune at each dependent's start)"
     )
     say("1/7 base image, stand-ins, podman-compose build")
-    run([str(REPO / "scripts" / "make-base-images.sh")], env=stack.env, timeout=900)
+    make_base_image(stack.env)
     build_stand_ins(stack)
     tb = time.monotonic()
-    build_project_images(stack)
+    build_project_images(stack.env)
     build_seconds = time.monotonic() - tb
     say(f"images built in {build_seconds:.0f} s")
     stack.write_ports_override(tmp_path / "ports.yaml")
