@@ -21,8 +21,8 @@ case "$profile" in
        # The dnsname CNI plugin: compose services reach each other by name (podman here uses CNI).
        # podman-compose comes from PyPI (requirements-e2e.txt): Debian's 1.0.3 ignores depends_on conditions.
        # catatonit: podman builds its pause image from it, which `podman kube play` needs (pytest -m k8s).
-       apt_packages=(prometheus prometheus-pushgateway openssl podman runc buildah debootstrap
-                     golang-github-containernetworking-plugin-dnsname catatonit) ;;
+       apt_packages=(prometheus prometheus-pushgateway openssl chromium chromium-driver curl podman runc buildah
+                     debootstrap golang-github-containernetworking-plugin-dnsname catatonit) ;;
   *) echo "usage: $0 {train|dev|e2e}" >&2; exit 2 ;;
 esac
 
