@@ -99,7 +99,7 @@ class WorkerOracle:
     def create_trial(self, tuner_id: str) -> Any:
         trial = self._call("create_trial", tuner_id)
         if trial.status == _status().IDLE:
-            time.sleep(self._settings.poll_seconds)
+            self._sleep(self._settings.poll_seconds)
         elif trial.status == _status().RUNNING:
             self._start_heartbeat(trial.trial_id)
         return trial

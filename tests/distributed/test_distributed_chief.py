@@ -201,6 +201,22 @@ def test_a_waiting_worker_hears_idle_until_every_trial_has_finished(tmp_path, mo
     assert cluster.oracle.tuner_ids == set()  # both workers were told to stop
 
 
+def test_a_worker_told_idle_waits_on_its_own_clock(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=1)
+    busy = cluster.worker("tuner1")
+    trial = busy.create_trial("tuner1")
+    clock = FakeClock()
+    tuner = make_tuner(tmp_path, "tuner2", cluster.port, monkeypatch, trials=1)
+    settings = FAST.model_copy(update={"poll_seconds": 3.0})
+    waiting = WorkerOracle(tuner.oracle, settings, clock=clock, sleep=clock.advance)
+    started = time.monotonic()
+    assert waiting.create_trial("tuner2").status == "IDLE"
+    assert clock.now == 1000 + 3.0  # the pause after IDLE went to the injected sleep...
+    assert time.monotonic() - started < 2.5  # ...not to time.sleep
+    complete(busy, trial)
+    cluster.finish()
+
+
 def test_chief_without_workers_gives_up_after_the_idle_timeout(tmp_path, monkeypatch) -> None:
     settings = FAST.model_copy(update={"idle_timeout_seconds": 5})
     cluster = Cluster(tmp_path, monkeypatch, trials=2, settings=settings)
