@@ -8,10 +8,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
-from jobs.errors import KerasTunerVersionError
+from jobs.errors import JobError, KerasTunerVersionError, SearchError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,37 @@ def check() -> None:
     missing = missing_internals()
     if missing:
         raise KerasTunerVersionError(f"keras-tuner lacks {', '.join(missing)} (see jobs/kt_compat.py)")
+
+
+# --- the one fatal search condition -------------------------------------------------------------------
+
+# Keras Tuner signals "too many consecutive failed trials" with a bare RuntimeError whose message starts so
+# (Oracle._check_consecutive_failures); tests/jobs/test_jobs_kt_compat.py raises the real one.
+CONSECUTIVE_FAILURES_MESSAGE = "Number of consecutive failures exceeded the limit"
+
+
+def is_consecutive_failures(exc: BaseException) -> bool:
+    """Whether ``exc`` is Keras Tuner's "consecutive failures exceeded the limit" (the search must stop)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith(CONSECUTIVE_FAILURES_MESSAGE)
+
+
+@contextlib.contextmanager
+def search_failures() -> Iterator[None]:
+    """Around a search (standalone ``tuner.search`` or the chief's serving loop), and only a search: Keras
+    Tuner's fatal conditions become :class:`SearchError` (exit 4, the Job fails at once). Any other error,
+    a ``RuntimeError`` from TensorFlow included, passes through unchanged."""
+    import keras_tuner as kt
+
+    try:
+        yield
+    except kt.errors.FatalError as exc:
+        if isinstance(exc, JobError):  # e.g. a worker's lost chief: keeps its own exit code
+            raise
+        raise SearchError(f"fatal error in the search: {exc}") from exc
+    except RuntimeError as exc:
+        if not is_consecutive_failures(exc):
+            raise
+        raise SearchError(str(exc)) from exc
 
 
 # --- atomic state files --------------------------------------------------------------------------------

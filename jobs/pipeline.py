@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from jobs import kt_compat
 from jobs.config import JobConfig
 from jobs.data import load_data
-from jobs.errors import ExportError, SearchError
+from jobs.errors import ExportError
 from jobs.runtime import (
     ExportRecord,
     library_versions,
@@ -184,7 +184,4 @@ def run_role(config: JobConfig, role: Role, export_again: bool = False) -> Final
         )
 
     pusher = ProgressPusher(config.runtime.pushgateway)
-    try:
-        return chief.run_chief(tuner, final, role, config.distributed, pusher)
-    except RuntimeError as exc:  # Keras Tuner's "consecutive failures exceeded the limit", on the chief
-        raise SearchError(str(exc)) from exc
+    return chief.run_chief(tuner, final, role, config.distributed, pusher)

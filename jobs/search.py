@@ -8,8 +8,9 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from jobs import kt_compat
 from jobs.config import JobConfig
-from jobs.errors import JobError, SearchError
+from jobs.errors import SearchError
 from jobs.runtime import TUNER_DIR, output_paths
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ def build_tuner(
 def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
     """Run (or continue) the search; returns its wall time. Raises :class:`SearchError` if fatal."""
     import keras
-    import keras_tuner as kt
 
     from jobs.progress import interactive
 
@@ -83,7 +83,7 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
             )
         )
     started = time.monotonic()
-    try:
+    with kt_compat.search_failures():
         tuner.search(
             x,
             y,
@@ -94,12 +94,6 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
             # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
             verbose=0,
         )
-    except kt.errors.FatalError as exc:
-        if isinstance(exc, JobError):  # e.g. a worker's lost chief: keeps its own exit code
-            raise
-        raise SearchError(f"fatal error in the search: {exc}") from exc
-    except RuntimeError as exc:  # Keras Tuner's "consecutive failures exceeded the limit"
-        raise SearchError(str(exc)) from exc
     seconds = time.monotonic() - started
     log.info("search finished in %.1fs", seconds)
     return seconds

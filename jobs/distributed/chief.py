@@ -294,7 +294,8 @@ def run_chief(
         marked = False
     server.start()
     try:
-        server.wait_until_done(marked)
+        with kt_compat.search_failures():  # the search's fatal errors (exit 4); finalize's are its own
+            server.wait_until_done(marked)
         write_done_marker(project_dir, settings.run_id, finalized=False)
         result = finalize()
         write_done_marker(project_dir, settings.run_id, finalized=True)

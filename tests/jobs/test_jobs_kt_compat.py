@@ -10,7 +10,7 @@ import pytest
 from keras_tuner.src.distribute import oracle_client
 
 from jobs import kt_compat
-from jobs.errors import EXIT_SEARCH, KerasTunerVersionError
+from jobs.errors import EXIT_SEARCH, KerasTunerVersionError, SearchError
 from tests.support import REPO
 
 
@@ -94,3 +94,24 @@ print("OK")
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180, check=False
     )
     assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]
+
+
+def test_only_keras_tuners_consecutive_failures_become_a_search_error(tmp_path) -> None:
+    oracle = kt.oracles.RandomSearchOracle(
+        objective=kt.Objective("score", "max"), max_trials=3, max_consecutive_failed_trials=1
+    )
+    kt.engine.base_tuner.BaseTuner(
+        oracle=oracle, hypermodel=lambda hp: hp.Int("x", 0, 100), directory=str(tmp_path), project_name="p"
+    )
+    trial = oracle.create_trial("tuner0")
+    trial.status = "FAILED"
+    with pytest.raises(RuntimeError) as caught:
+        oracle.end_trial(trial)  # the pinned Keras Tuner's own condition
+    assert kt_compat.is_consecutive_failures(caught.value)
+    with pytest.raises(SearchError, match="consecutive failures exceeded the limit of 1"):
+        with kt_compat.search_failures():
+            raise caught.value
+    with pytest.raises(RuntimeError, match="out of memory") as other:
+        with kt_compat.search_failures():
+            raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory")
+    assert not isinstance(other.value, SearchError)

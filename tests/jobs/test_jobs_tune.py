@@ -17,6 +17,7 @@ from jobs.progress import hyperband_budget
 from jobs.runtime import output_paths
 from jobs.search import build_tuner
 from jobs.search_space import MlpHyperModel
+from tests.support import free_port
 from tests.support.jobs import tiny_config
 from tests.support.mnist import synthetic_arrays
 
@@ -170,3 +171,28 @@ def test_consecutive_failures_stop_the_search(
     trial_dirs = sorted(path.name for path in output_paths(config).tuner.glob("trial_*"))
     assert trial_dirs == ["trial_0", "trial_1"]  # stopped at the limit, no third trial
     assert not (output_paths(config).models).exists()
+
+
+def test_a_runtime_error_in_the_chiefs_final_fit_is_not_a_search_error(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A RuntimeError after the search (a GPU out of memory in the final fit, an I/O error surfacing as
+    # one) must reach the Job as a retryable failure, not as exit 4 (FailJob): only Keras Tuner's
+    # consecutive-failures condition is a fatal search error.
+    import jobs.final
+    from jobs.distributed.roles import Role
+
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "")  # restored (unset) afterwards: run_role exports the chief's role
+        monkeypatch.delenv(name)
+    config = _config(tmp_path, synthetic_dir, runtime={"tensorboard": False})
+    pipeline.run(config, tuner_id="chief")  # a finished search whose state is the chief's (chief.json)
+    monkeypatch.delenv("KERASTUNER_TUNER_ID")
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory")
+
+    monkeypatch.setattr(jobs.final, "final_model", out_of_memory)
+    chief = Role("chief", "chief", "127.0.0.1", free_port(), "environment")
+    with pytest.raises(RuntimeError, match="OUT_OF_MEMORY"):
+        pipeline.run_role(config, chief, export_again=True)  # the search is done: straight to the final fit
