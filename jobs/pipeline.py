@@ -141,12 +141,13 @@ def run(config: JobConfig, tuner_id: str | None = None, export_again: bool = Fal
 
     pusher = ProgressPusher(config.runtime.pushgateway)
     progress = SearchProgress(config)
-    tuner = build_tuner(config, splits, tuner_id, progress)
-    with ProgressWatcher(tuner.oracle, pusher, "val_accuracy"):
-        search_seconds = run_search(tuner, config, splits)
-    result = finalize(
-        tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
-    )
+    with kt_compat.patched():
+        tuner = build_tuner(config, splits, tuner_id, progress)
+        with ProgressWatcher(tuner.oracle, pusher, "val_accuracy"):
+            search_seconds = run_search(tuner, config, splits)
+        result = finalize(
+            tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
+        )
     pusher.success()
     return result
 
@@ -171,17 +172,26 @@ def run_role(config: JobConfig, role: Role, export_again: bool = False) -> Final
     progress = SearchProgress(config)
     if role.kind == "worker":
         # A worker's oracle lives on the chief: no resume accounting here, only per-epoch logging.
-        tuner = build_tuner(config, splits, role.tuner_id)
-        tuner.progress = progress
-        worker.run_worker(tuner, lambda: run_search(tuner, config, splits), role, config.distributed)
+        with kt_compat.patched(rpc_timeout_seconds=config.distributed.rpc_timeout_seconds):
+            tuner = build_tuner(config, splits, role.tuner_id)
+            tuner.progress = progress
+            worker.run_worker(tuner, lambda: run_search(tuner, config, splits), role, config.distributed)
         return None
-    tuner = build_tuner(config, splits, role.tuner_id, progress)
 
-    def final() -> FinalResult:
-        search_seconds = time.monotonic() - started
-        return finalize(
-            tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
-        )
+    with kt_compat.patched():
+        tuner = build_tuner(config, splits, role.tuner_id, progress)
 
-    pusher = ProgressPusher(config.runtime.pushgateway)
-    return chief.run_chief(tuner, final, role, config.distributed, pusher)
+        def final() -> FinalResult:
+            search_seconds = time.monotonic() - started
+            return finalize(
+                tuner,
+                config,
+                splits,
+                mnist,
+                search_seconds=search_seconds,
+                started=started,
+                progress=progress,
+            )
+
+        pusher = ProgressPusher(config.runtime.pushgateway)
+        return chief.run_chief(tuner, final, role, config.distributed, pusher)

@@ -165,7 +165,6 @@ def run_worker(tuner: Any, search: Callable[[], object], role: Role, settings: D
         raise DistributedError(
             f"chief oracle at {role.target} not reachable within {settings.connect_timeout_seconds:g} s"
         )
-    kt_compat.set_rpc_timeout(settings.rpc_timeout_seconds)  # Keras Tuner's default: 60 min per call
     tuner.oracle = WorkerOracle(
         tuner.oracle, settings, lambda: search_marked_done(project_dir, settings.run_id)
     )
