@@ -246,11 +246,6 @@ def remove_stale_staging(
     return removed
 
 
-def metadata_json_schema() -> dict[str, Any]:
-    """The JSON Schema of metadata.json, for documentation and non-Python readers."""
-    return ModelMetadata.model_json_schema()
-
-
 def to_jsonable(value: Any) -> Any:
     """Round-trip a value through JSON (numpy scalars and paths become plain values)."""
     return json.loads(json.dumps(value, default=_json_default))
