@@ -13,7 +13,7 @@ from jobs.config import EXPORT_AGAIN_ENV, PRESETS, env_flag, load_config, set_ov
 from jobs.distributed.roles import resolve_role
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, JobError, describe_exit_codes
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from jobs.distributed.roles import Role
     from jobs.progress import SearchProgress
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from jobs.data import Splits
     from jobs.progress import SearchProgress
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
 
 
 def build_tuner(

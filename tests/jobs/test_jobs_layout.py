@@ -45,3 +45,16 @@ def test_an_upward_import_or_an_unplaced_module_breaks_the_contracts(tmp_path: P
     assert result.returncode == 1
     assert "jobs.config -> jobs.tuners" in result.stdout
     assert "- jobs.stray" in result.stdout  # exhaustive: every module needs a layer
+
+
+def test_every_job_logger_is_named_after_its_module() -> None:
+    # One rule: a log line's name says which module wrote it (``jobs.search``, ``jobs.distributed.chief``).
+    import ast
+
+    other = []
+    for path in sorted((REPO / "jobs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "getLogger":
+                if not (len(node.args) == 1 and getattr(node.args[0], "id", "") == "__name__"):
+                    other.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert other == []
