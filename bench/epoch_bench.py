@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.runtime import setup_runtime
     from jobs.search_space import build_mlp, one_hot
 
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict("default"), {"data": {"dir": args.data_dir}}))
+    config = cfg.load_config("default", environ={}, cli={"data": {"dir": args.data_dir}})
     setup_runtime(config)
     _, splits = load_data(config)
     x, y = splits.train_and_val()

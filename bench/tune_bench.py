@@ -107,7 +107,7 @@ def median_trial_retrain(preset: str, data_dir: str, output: Path, seed: int | N
     overrides: dict = {"data": {"dir": data_dir}, "output": {"dir": str(output / "median")}}
     if seed is not None:
         overrides["seed"] = seed
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict(preset), overrides))
+    config = cfg.load_config(preset, environ={}, cli=overrides)
     if config.final.mode != "retrain" or config.final.epochs == "best":
         raise SystemExit(f"preset {preset}: the median-trial retrain needs final.mode retrain, fixed epochs")
     setup_runtime(config)
@@ -147,7 +147,7 @@ def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int 
     }
     if steps_per_execution is not None:
         overrides["runtime"] = {"steps_per_execution": steps_per_execution}
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict("seed"), overrides))
+    config = cfg.load_config("seed", environ={}, cli=overrides)
     setup_runtime(config)
     _, splits = load_data(config)
 

@@ -79,11 +79,10 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
         assert (output / "tuner" / f"trial_{trial_id}" / "history.json").read_bytes() == history
 
     # The same search without interruption ends with as many trials.
-    uninterrupted = cfg.validate(
-        cfg.deep_merge(
-            cfg.preset_dict("smoke"),
-            tiny_config(tmp_path / "whole", synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
-        )
+    uninterrupted = cfg.load_config(
+        "smoke",
+        environ={},
+        cli=tiny_config(tmp_path / "whole", synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
     )
     whole = pipeline.run(uninterrupted)
     assert len(after) == whole.trials == hyperband_budget(3, 3, 1)[0] == 6

@@ -23,7 +23,7 @@ from tests.support.mnist import synthetic_arrays
 
 
 def _config(tmp: Path, data_dir: Path, **sections: dict) -> cfg.JobConfig:
-    return cfg.validate(cfg.deep_merge(cfg.preset_dict("smoke"), tiny_config(tmp, data_dir, **sections)))
+    return cfg.load_config("smoke", environ={}, cli=tiny_config(tmp, data_dir, **sections))
 
 
 @pytest.fixture(scope="module")
