@@ -113,7 +113,13 @@ def median_trial_retrain(preset: str, data_dir: str, output: Path, seed: int | N
     setup_runtime(config)
     _, splits = load_data(config)
     started = time.monotonic()
-    model, _ = retrain(model_values(median.hyperparameters), int(config.final.epochs), config, splits)
+    model, _ = retrain(
+        model_values(median.hyperparameters),
+        int(config.final.epochs),
+        splits,
+        steps_per_execution=config.runtime.steps_per_execution,
+        jit_compile=config.runtime.jit_compile,
+    )
     seconds = time.monotonic() - started
     return {
         "trial_id": median.trial_id,
@@ -134,7 +140,7 @@ def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int 
     from jobs import config as cfg
     from jobs import kt_compat
     from jobs.data import load_data
-    from jobs.runtime import setup_runtime
+    from jobs.runtime import output_paths, setup_runtime
     from jobs.search import build_tuner, run_search
 
     overrides = {
@@ -178,9 +184,11 @@ def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int 
     )
     plain_seconds = time.monotonic() - started
 
+    paths = output_paths(config)
+    logs = paths.report / "tensorboard" if config.runtime.tensorboard else None
     with kt_compat.patched():  # as the job runs (atomic state writes)
-        tuner = build_tuner(config, splits)
-        job_seconds = run_search(tuner, config, splits)
+        tuner = build_tuner(config, splits, paths)
+        job_seconds = run_search(tuner, config, splits, logs)
     trial = tuner.oracle.get_best_trials(1)[0]
     return {
         "epochs": epochs,

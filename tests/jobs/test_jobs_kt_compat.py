@@ -108,6 +108,7 @@ from keras_tuner.src.distribute import oracle_client
 from jobs import kt_compat
 from jobs.config import load_config
 from jobs.data import Mnist, split
+from jobs.runtime import output_paths
 from jobs.search import build_tuner
 from tests.support.mnist import synthetic_arrays
 
@@ -116,7 +117,7 @@ assert original[0] is not kt_compat.save_json_atomically and original[1], "patch
 a = synthetic_arrays(100, 20)
 splits = split(Mnist(a["train_images"], a["train_labels"], a["test_images"], a["test_labels"]), 20, 0)
 config = load_config("smoke", environ={{"TUNE_OUTPUT": {str(tmp_path)!r}}})
-build_tuner(config, splits)
+build_tuner(config, splits, output_paths(config))
 assert (utils.save_json, kt_config.DEBUG, oracle_client.TIMEOUT) == original, "patched on first use"
 with kt_compat.patched(rpc_timeout_seconds=12.5):
     assert utils.save_json is kt_compat.save_json_atomically

@@ -11,7 +11,6 @@ import pytest
 import modelrepo
 from jobs import config as cfg
 from jobs import pipeline
-from jobs.data import load_data
 from jobs.errors import ExportError, SearchError
 from jobs.progress import hyperband_budget
 from jobs.runtime import output_paths
@@ -96,15 +95,15 @@ def test_crash_during_export_leaves_no_visible_version(smoke_run, monkeypatch: p
         raise OSError("disk full")
 
     monkeypatch.setattr(jobs.export, "write_saved_model", crash)
-    mnist, splits = load_data(config)
-    tuner = build_tuner(config, splits)  # reloads the finished search
+    run = pipeline.prepare(config)
+    tuner = build_tuner(config, run.splits, run.paths)  # reloads the finished search
     assert len(tuner.oracle.trials) == 2
     with pytest.raises(ExportError, match="disk full"):
-        pipeline.finalize(tuner, config, splits, mnist)
+        pipeline.finalize(tuner, run)
     model_dir = output_paths(config).models / "mnist"
     assert modelrepo.list_versions(model_dir.parent, "mnist") == [1]
     assert sorted(entry.name for entry in model_dir.iterdir()) == ["1"]  # no staging directory left
-    assert isinstance(mnist, data.Mnist)
+    assert isinstance(run.mnist, data.Mnist)
 
 
 @pytest.mark.parametrize(
