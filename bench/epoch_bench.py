@@ -36,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from jobs import config as cfg
-    from jobs import tune
+    from jobs.data import load_data
+    from jobs.runtime import setup_runtime
     from jobs.search_space import build_mlp, one_hot
 
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict("default"), {"data": {"dir": args.data_dir}}))
-    tune.setup_runtime(config)
-    _, splits = tune.load_data(config)
+    config = cfg.load_config("default", environ={}, cli={"data": {"dir": args.data_dir}})
+    setup_runtime(config)
+    _, splits = load_data(config)
     x, y = splits.train_and_val()
     labels = one_hot(y)
     space = config.space

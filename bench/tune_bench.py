@@ -91,8 +91,9 @@ def run_preset(preset: str, data_dir: str, output: Path, seed: int | None = None
 def median_trial_retrain(preset: str, data_dir: str, output: Path, seed: int | None) -> dict:
     """Retrain the median-ranked trial of a finished run the way its winner was retrained; its test score."""
     from jobs import config as cfg
-    from jobs import tune
+    from jobs.data import load_data
     from jobs.final import retrain, score_on_test
+    from jobs.runtime import setup_runtime
     from jobs.search_space import model_values
 
     version = modelrepo.list_versions(output / "models", "mnist")[-1]
@@ -106,13 +107,19 @@ def median_trial_retrain(preset: str, data_dir: str, output: Path, seed: int | N
     overrides: dict = {"data": {"dir": data_dir}, "output": {"dir": str(output / "median")}}
     if seed is not None:
         overrides["seed"] = seed
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict(preset), overrides))
+    config = cfg.load_config(preset, environ={}, cli=overrides)
     if config.final.mode != "retrain" or config.final.epochs == "best":
         raise SystemExit(f"preset {preset}: the median-trial retrain needs final.mode retrain, fixed epochs")
-    tune.setup_runtime(config)
-    _, splits = tune.load_data(config)
+    setup_runtime(config)
+    _, splits = load_data(config)
     started = time.monotonic()
-    model, _ = retrain(model_values(median.hyperparameters), int(config.final.epochs), config, splits)
+    model, _ = retrain(
+        model_values(median.hyperparameters),
+        int(config.final.epochs),
+        splits,
+        steps_per_execution=config.runtime.steps_per_execution,
+        jit_compile=config.runtime.jit_compile,
+    )
     seconds = time.monotonic() - started
     return {
         "trial_id": median.trial_id,
@@ -131,7 +138,10 @@ def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int 
     import numpy as np
 
     from jobs import config as cfg
-    from jobs import tune
+    from jobs import kt_compat
+    from jobs.data import load_data
+    from jobs.runtime import output_paths, setup_runtime
+    from jobs.search import build_tuner, run_search
 
     overrides = {
         "tuner": {"kind": "random", "max_trials": 1},
@@ -143,9 +153,9 @@ def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int 
     }
     if steps_per_execution is not None:
         overrides["runtime"] = {"steps_per_execution": steps_per_execution}
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict("seed"), overrides))
-    tune.setup_runtime(config)
-    _, splits = tune.load_data(config)
+    config = cfg.load_config("seed", environ={}, cli=overrides)
+    setup_runtime(config)
+    _, splits = load_data(config)
 
     # Plain Keras: the same layers, sparse labels, nothing around fit().
     keras.utils.set_random_seed(config.seed)
@@ -174,8 +184,11 @@ def overhead(data_dir: str, epochs: int, output: Path, steps_per_execution: int 
     )
     plain_seconds = time.monotonic() - started
 
-    tuner = tune.build_tuner(config, splits)
-    job_seconds = tune.run_search(tuner, config, splits)
+    paths = output_paths(config)
+    logs = paths.report / "tensorboard" if config.runtime.tensorboard else None
+    with kt_compat.patched():  # as the job runs (atomic state writes)
+        tuner = build_tuner(config, splits, paths)
+        job_seconds = run_search(tuner, config, splits, logs)
     trial = tuner.oracle.get_best_trials(1)[0]
     return {
         "epochs": epochs,

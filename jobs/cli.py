@@ -9,11 +9,11 @@ import os
 import sys
 from typing import Any
 
-from jobs.config import EXPORT_AGAIN_ENV, PRESETS, env_flag, load_config, set_overrides, to_yaml
+from jobs.config import PRESETS, job_environment, load_config, to_yaml
 from jobs.distributed.roles import resolve_role
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, JobError, describe_exit_codes
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,31 +61,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as a nested override mapping (``--set`` first, the named flags over it)."""
-    flags = {
-        ("data", "dir"): args.data_dir,
-        ("data", "cache_dir"): args.data_cache,
-        ("output", "dir"): args.output,
-        ("output", "model_name"): args.model_name,
-        ("tuner", "kind"): args.tuner,
-        ("tuner", "max_trials"): args.max_trials,
-        ("search", "epochs"): args.epochs,
-        ("final", "mode"): args.final_mode,
-        ("final", "epochs"): (
-            int(args.final_epochs) if args.final_epochs and args.final_epochs.isdigit() else args.final_epochs
-        ),
-        ("seed",): args.seed,
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The named flags as config paths (None: not given); ``--set`` items are separate (YAML values)."""
+    final_epochs = args.final_epochs
+    return {
+        "data.dir": args.data_dir,
+        "data.cache_dir": args.data_cache,
+        "output.dir": args.output,
+        "output.model_name": args.model_name,
+        "tuner.kind": args.tuner,
+        "tuner.max_trials": args.max_trials,
+        "search.epochs": args.epochs,
+        "final.mode": args.final_mode,
+        "final.epochs": int(final_epochs) if final_epochs and final_epochs.isdigit() else final_epochs,
+        "seed": args.seed,
     }
-    result = set_overrides(args.set)
-    for path, value in flags.items():
-        if value is None:
-            continue
-        node = result
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     role = None
     try:
-        config = load_config(args.preset, args.config, os.environ, cli_overrides(args))
+        config = load_config(
+            args.preset, args.config, os.environ, flags=flag_overrides(args), set_flags=args.set
+        )
         role = resolve_role(os.environ, config.distributed)
-        export_again = args.export_again or env_flag(os.environ, EXPORT_AGAIN_ENV)
+        export_again = args.export_again or job_environment(os.environ).export_again
         if args.print_config:
             sys.stdout.write(to_yaml(config))
             return EXIT_OK

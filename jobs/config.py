@@ -1,14 +1,14 @@
-"""The tuning job's configuration: a pydantic schema, presets, and the merge of file, env and CLI overrides.
+"""The tuning job's configuration schema (pydantic), read through pydantic-settings.
 
-Precedence (later wins): preset < ``--config`` file < environment (``TUNE_*``) < command-line flags.
+Precedence (later wins): preset < ``--config`` file < environment (``TUNE_*``) < command-line flags; the
+sources are in :mod:`jobs.config_sources`, :func:`load_config` puts them in that order.
 This module must not import TensorFlow: a bad config has to fail fast, before any heavy import.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,32 +24,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from jobs.config_sources import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    FixedEnvSource,
+    MappingEnvSource,
+    OverrideSource,
+    YamlEnvSource,
+    YamlSource,
+)
 from jobs.distributed.roles import DistributedConfig  # light: pydantic only
 from jobs.errors import ConfigError
 
 PRESETS = ("seed", "default", "smoke")
 DEFAULT_PRESET = "default"
-ENV_PREFIX = "TUNE_"
-# Environment variables with a fixed meaning (docs/interfaces.md); everything else TUNE_<SECTION>__<FIELD>.
-ENV_FIXED = {
-    "TUNE_OUTPUT": ("output", "dir"),
-    "TUNE_DATA_CACHE": ("data", "cache_dir"),
-    "TUNE_PUSHGATEWAY": ("runtime", "pushgateway"),
-    "MNIST_DATA_DIR": ("data", "dir"),
-}
-ENV_NOT_FIELDS = {"TUNE_PRESET", "TUNE_CONFIG", "TUNE_EXPORT_AGAIN"}
-EXPORT_AGAIN_ENV = "TUNE_EXPORT_AGAIN"  # --export-again for compose and scripts; never in a Job spec
-
-
-def env_flag(environ: Mapping[str, str], name: str) -> bool:
-    """A yes/no environment variable: 1/true/yes or 0/false/no/empty; anything else is a config error."""
-    raw = environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise ConfigError(f"environment variable {name}: expected 1/true/yes or 0/false/no, got {raw!r}")
 
 
 class _Strict(BaseModel):
@@ -245,8 +235,12 @@ class RuntimeConfig(_Strict):
     jit_compile: Literal["auto"] | bool = "auto"
 
 
-class JobConfig(_Strict):
-    """The whole job configuration (one YAML document)."""
+class JobConfig(BaseSettings):
+    """The whole job configuration (one YAML document); :func:`load_config` reads it from its sources."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER
+    )
 
     preset: str = DEFAULT_PRESET  # informational: which preset the values started from
     seed: NonNegInt = 42
@@ -275,85 +269,41 @@ class JobConfig(_Strict):
         """The most epochs one trial trains."""
         return self.tuner.max_epochs if self.tuner.kind == "hyperband" else self.search.epochs
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # ``JobConfig(**values)`` validates ``values`` alone; load_config builds the real sources.
+        return (init_settings,)
 
-def preset_dict(name: str) -> dict[str, Any]:
-    """The raw mapping of a shipped preset."""
-    if name not in PRESETS:
-        raise ConfigError(f"preset: {name!r} is not one of {', '.join(PRESETS)}")
-    text = resources.files("jobs").joinpath("configs", f"{name}.yaml").read_text()
-    return _load_yaml(text, f"preset {name}")
+
+class JobEnvironment(BaseSettings):
+    """The variables that choose what to load and how to run, not config fields (docs/tuning.md)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore")
+
+    preset: Literal["seed", "default", "smoke"] | None = None  # TUNE_PRESET
+    config: str | None = None  # TUNE_CONFIG: a YAML file merged over the preset
+    export_again: bool = False  # TUNE_EXPORT_AGAIN: --export-again for compose; never in a Job spec
 
 
-def _load_yaml(text: str, source: str) -> dict[str, Any]:
+def job_environment(environ: Mapping[str, str] | None = None) -> JobEnvironment:
+    """``TUNE_PRESET``, ``TUNE_CONFIG`` and ``TUNE_EXPORT_AGAIN`` from ``environ`` (default: os.environ)."""
+    environ = os.environ if environ is None else environ
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections")
-    return data
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``override`` into a copy of ``base``; nested mappings merge, everything else replaces."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    node = target
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{'.'.join(path)}: {key} is not a section")
-    node[path[-1]] = value
-
-
-def _parse_scalar(text: str, source: str) -> Any:
-    """Env and ``--set`` values are YAML (``5``, ``[0, 1, 2]``, ``{min: 1, max: 3}``, ``null``)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: value {text!r} is not valid YAML: {exc}") from exc
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overrides from ``TUNE_*`` (and ``MNIST_DATA_DIR``) variables."""
-    sections = set(JobConfig.model_fields)
-    result: dict[str, Any] = {}
-    for name, raw in sorted(environ.items()):
-        if name in ENV_FIXED:
-            if raw != "":
-                _set_path(result, ENV_FIXED[name], raw)
-            continue
-        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_FIELDS:
-            continue
-        parts = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-        if parts[0] not in sections or any(not part for part in parts):
-            raise ConfigError(
-                f"environment variable {name}: no config section {parts[0]!r}; "
-                f"use TUNE_<SECTION>__<FIELD> with SECTION one of {', '.join(sorted(sections))}"
-            )
-        _set_path(result, parts, _parse_scalar(raw, f"environment variable {name}"))
-    return result
-
-
-def set_overrides(assignments: list[str]) -> dict[str, Any]:
-    """Overrides from ``--set section.field=value`` flags."""
-    result: dict[str, Any] = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        _set_path(result, tuple(key.strip().split(".")), _parse_scalar(raw, f"--set {key}"))
-    return result
+        return JobEnvironment(_build_sources=((MappingEnvSource(JobEnvironment, environ),), {}))
+    except ValidationError as exc:
+        problems = [
+            f"  environment variable {ENV_PREFIX}{'_'.join(map(str, e['loc'])).upper()}: {e['msg']} "
+            f"(got {e.get('input')!r})"
+            for e in exc.errors()
+        ]
+        raise ConfigError("invalid environment:\n" + "\n".join(problems)) from exc
 
 
 def _allowed_fields(parent: tuple[Any, ...]) -> list[str]:
@@ -386,36 +336,41 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(unique)
 
 
-def validate(data: Mapping[str, Any]) -> JobConfig:
-    try:
-        return JobConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from exc
-
-
 def load_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     cli: Mapping[str, Any] | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    set_flags: Iterable[str] = (),
 ) -> JobConfig:
-    """Build the job config: preset < config file < environment < CLI overrides."""
+    """The job config from its sources (:mod:`jobs.config_sources`), later winning: the preset
+    (``preset``, else ``TUNE_PRESET``, else default) < ``config_file`` (else ``TUNE_CONFIG``) <
+    ``environ`` (default: the process's) < ``set_flags`` (``SECTION.FIELD=YAML``) < ``flags`` (dotted
+    path -> value) < ``cli`` (a nested mapping). Raises :class:`ConfigError` naming each bad field."""
     environ = os.environ if environ is None else environ
-    preset = preset or environ.get("TUNE_PRESET") or DEFAULT_PRESET
-    config_file = config_file or environ.get("TUNE_CONFIG") or None
-    data = preset_dict(preset)
-    data["preset"] = preset
+    chosen = job_environment(environ)
+    preset = preset or chosen.preset or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
+    config_file = config_file or chosen.config
+    text = resources.files("jobs").joinpath("configs", f"{preset}.yaml").read_text()
+    sources: list[PydanticBaseSettingsSource] = [
+        InitSettingsSource(JobConfig, dict(cli or {})),
+        OverrideSource(JobConfig, flags or {}, "flag"),
+        OverrideSource.from_set_flags(JobConfig, set_flags),
+        YamlEnvSource(JobConfig, environ),
+        FixedEnvSource(JobConfig, environ),
+    ]
     if config_file:
-        path = Path(config_file)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from exc
-        data = deep_merge(data, _load_yaml(text, f"config file {path}"))
-    data = deep_merge(data, env_overrides(environ))
-    if cli:
-        data = deep_merge(data, cli)
-    return validate(data)
+        sources.append(YamlSource.from_file(JobConfig, config_file))
+    sources.append(YamlSource(JobConfig, text, f"preset {preset}"))
+    sources.append(OverrideSource(JobConfig, {"preset": preset}, "preset"))
+    try:
+        return JobConfig(_build_sources=(tuple(sources), {}))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from exc
 
 
 def to_yaml(config: JobConfig) -> str:

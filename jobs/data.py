@@ -294,19 +294,3 @@ def load_data(config: JobConfig) -> tuple[Mnist, Splits]:
         len(splits.x_test),
     )
     return mnist, splits
-
-
-def write_idx(directory: Path, mnist_arrays: dict[str, np.ndarray], compress: bool = False) -> None:
-    """Write arrays as the four IDX files (used by tests and tools that make small datasets)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for key, stem in IDX_FILES.items():
-        array = np.ascontiguousarray(mnist_arrays[key], dtype=np.uint8)
-        if key.endswith("images"):
-            header = struct.pack(">IIII", IMAGE_MAGIC, array.shape[0], ROWS, COLS)
-        else:
-            header = struct.pack(">II", LABEL_MAGIC, array.shape[0])
-        payload = header + array.tobytes()
-        if compress:
-            (directory / f"{stem}.gz").write_bytes(gzip.compress(payload))
-        else:
-            (directory / stem).write_bytes(payload)

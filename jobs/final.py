@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.config import JobConfig
 from jobs.errors import SearchError
-from jobs.runtime import output_paths
 
 if TYPE_CHECKING:
     import keras_tuner as kt
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from jobs.data import Splits
     from jobs.progress import SearchProgress
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,9 +34,14 @@ class FinalModel:
 
 
 def final_model(
-    tuner: kt.Tuner, config: JobConfig, splits: Splits, progress: SearchProgress | None
+    tuner: kt.Tuner,
+    config: JobConfig,
+    splits: Splits,
+    progress: SearchProgress | None,
+    tensorboard_dir: Path | None = None,
 ) -> FinalModel:
-    """The model to export, from the best trial (``final.mode``); see docs/tuning.md."""
+    """The model to export, from the best trial (``final.mode``); see docs/tuning.md. A retrain writes its
+    TensorBoard logs under ``tensorboard_dir`` (None: none)."""
     from jobs import tuners
     from jobs.search_space import model_values
 
@@ -65,7 +70,15 @@ def final_model(
         history = trial_history or {}
     else:
         epochs = best_epochs if config.final.epochs == "best" else int(config.final.epochs)
-        model, history = retrain(values, epochs, config, splits, progress)
+        model, history = retrain(
+            values,
+            epochs,
+            splits,
+            steps_per_execution=config.runtime.steps_per_execution,
+            jit_compile=config.runtime.jit_compile,
+            tensorboard_dir=tensorboard_dir,
+            progress=progress,
+        )
         x, _ = splits.train_and_val()
         note = (
             f"retrained from scratch on train+validation ({len(x)} examples) for {epochs} epochs "
@@ -87,11 +100,15 @@ def final_model(
 def retrain(
     values: dict[str, Any],
     epochs: int,
-    config: JobConfig,
     splits: Splits,
+    *,
+    steps_per_execution: int = 1,
+    jit_compile: bool | str = "auto",
+    tensorboard_dir: Path | None = None,
     progress: SearchProgress | None = None,
 ) -> tuple[Any, dict[str, list[float]]]:
-    """Train ``values``' model from scratch on train+validation for ``epochs``: the exported model's fit.
+    """Train ``values``' model from scratch on train+validation for ``epochs``: the exported model's fit
+    (``runtime.steps_per_execution``, ``runtime.jit_compile``; TensorBoard logs under ``tensorboard_dir``).
 
     Also what bench/tune_bench.py calls to retrain another trial's values the same way as the winner's.
     """
@@ -103,20 +120,15 @@ def retrain(
 
     x, y = splits.train_and_val()
     batch_size = int(values["batch_size"])
-    model = build_mlp(
-        values,
-        int(np.ceil(len(x) / batch_size)),
-        epochs,
-        config.runtime.steps_per_execution,
-        config.runtime.jit_compile,
-    )
+    model = build_mlp(values, int(np.ceil(len(x) / batch_size)), epochs, steps_per_execution, jit_compile)
     callbacks: list[keras.callbacks.Callback] = []
     if progress is not None:
         progress.total_epochs = progress.epochs_done + epochs  # the ETA now counts the final fit
         callbacks.append(EpochLogger(progress, "final fit", epochs, not interactive()))
-    if config.runtime.tensorboard:
-        log_dir = output_paths(config).report / "tensorboard" / "final"
-        tensorboard = keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0)
+    if tensorboard_dir is not None:
+        tensorboard = keras.callbacks.TensorBoard(
+            log_dir=str(tensorboard_dir), write_graph=False, profile_batch=0
+        )
         callbacks.append(tensorboard)
     log.info("final fit: %d epochs on %d examples (train+validation)", epochs, len(x))
     fit = model.fit(

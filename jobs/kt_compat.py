@@ -1,5 +1,14 @@
 """Every place the job reaches into Keras Tuner beyond its public API, checked against the pinned version
-(on an upgrade: re-check :data:`RELIED_ON` in the new source, then raise :data:`PINNED_VERSION`)."""
+(on an upgrade: re-check :data:`RELIED_ON` and :data:`ORACLE_ATTRIBUTES` in the new source, then raise
+:data:`PINNED_VERSION`).
+
+- :class:`OracleAdapter`: every read and write of an Oracle's state that is not public API (the trials a
+  tuner holds, the retry queue, the connected tuner ids, quiet mode, the saved ``oracle.json``).
+- :func:`patched`: the process-wide patches (atomic state writes, no traceback printing, the oracle
+  client's deadline), applied on entry and undone on exit; the job enters it once (:mod:`jobs.pipeline`).
+- :func:`search_failures`: the one place Keras Tuner's fatal conditions become exit 4.
+- The gRPC servicer class, messages and the ``Trial`` module the chief and the worker use.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
-from jobs.errors import KerasTunerVersionError
+from jobs.errors import JobError, KerasTunerVersionError, SearchError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +39,9 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("keras_tuner.src.engine.trial", "TrialStatus"),
     ("keras_tuner.src.config", "DEBUG"),  # True: every failed trial's traceback is printed to stderr
 )
-ORACLE_ATTRIBUTES = ("_retry_queue", "ongoing_trials", "trials", "end_order", "tuner_ids", "verbose")
-
-_saved: dict[str, Any] = {}  # "save_json": Keras Tuner's own writer, once the atomic one is installed
+# Oracle attributes read or written by OracleAdapter only.
+ORACLE_ATTRIBUTES = ("_retry_queue", "ongoing_trials", "trials", "tuner_ids", "verbose")
+ORACLE_STATE_FILE = "oracle.json"  # the Oracle's saved state in the project directory (Oracle.save)
 
 
 def installed_version() -> str | None:
@@ -81,7 +91,41 @@ def check() -> None:
         raise KerasTunerVersionError(f"keras-tuner lacks {', '.join(missing)} (see jobs/kt_compat.py)")
 
 
+# --- the one fatal search condition -------------------------------------------------------------------
+
+# Keras Tuner signals "too many consecutive failed trials" with a bare RuntimeError whose message starts so
+# (Oracle._check_consecutive_failures); tests/jobs/test_jobs_kt_compat.py raises the real one.
+CONSECUTIVE_FAILURES_MESSAGE = "Number of consecutive failures exceeded the limit"
+
+
+def is_consecutive_failures(exc: BaseException) -> bool:
+    """Whether ``exc`` is Keras Tuner's "consecutive failures exceeded the limit" (the search must stop)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith(CONSECUTIVE_FAILURES_MESSAGE)
+
+
+@contextlib.contextmanager
+def search_failures() -> Iterator[None]:
+    """Around a search (standalone ``tuner.search`` or the chief's serving loop), and only a search: Keras
+    Tuner's fatal conditions become :class:`SearchError` (exit 4, the Job fails at once). Any other error,
+    a ``RuntimeError`` from TensorFlow included, passes through unchanged."""
+    import keras_tuner as kt
+
+    try:
+        yield
+    except kt.errors.FatalError as exc:
+        if isinstance(exc, JobError):  # e.g. a worker's lost chief: keeps its own exit code
+            raise
+        raise SearchError(f"fatal error in the search: {exc}") from exc
+    except RuntimeError as exc:
+        if not is_consecutive_failures(exc):
+            raise
+        raise SearchError(str(exc)) from exc
+
+
 # --- atomic state files --------------------------------------------------------------------------------
+
+
+_saved: dict[str, Any] = {}  # "save_json": Keras Tuner's own writer while :func:`patched` is active
 
 
 def keras_tuner_save_json(path: str | os.PathLike[str], obj: Any) -> str:
@@ -118,56 +162,124 @@ def save_json_atomically(path: str | os.PathLike[str], obj: Any) -> str:
     return text
 
 
-def install_atomic_save_json() -> None:
-    """Make every Keras Tuner state write atomic in this process; called when a tuner is built."""
-    from keras_tuner.src import utils
+@contextlib.contextmanager
+def patched(rpc_timeout_seconds: float | None = None) -> Iterator[None]:
+    """Keras Tuner's process-wide globals, patched while the job runs and restored on exit.
 
-    if utils.save_json is save_json_atomically:
-        return
-    _saved["save_json"] = utils.save_json
-    # Keras Tuner looks the function up on its utils module at every call (``utils.save_json(...)``).
-    utils.save_json = save_json_atomically
-    log.debug("Keras Tuner state files are written atomically")
+    - ``utils.save_json`` becomes :func:`save_json_atomically` (Keras Tuner looks it up on its module at
+      every call, so every state file it writes goes through it);
+    - ``config.DEBUG`` is False: Keras Tuner would print every failed trial's traceback to stderr; the job
+      logs its last line and ``trial.json`` keeps the whole one;
+    - with ``rpc_timeout_seconds``, ``oracle_client.TIMEOUT``: Keras Tuner waits up to this module constant
+      (60 min) on every oracle call and takes no argument for it (keras-team/keras-tuner#990); a worker
+      must give up sooner so that the Job restarts it.
 
-
-def quiet_failed_trials() -> None:
-    """Keep failed trials' tracebacks out of stderr (Keras Tuner prints them while ``config.DEBUG``); the
-    job logs each failure's last line, and the whole traceback stays in the trial's ``trial.json``."""
-    from keras_tuner.src import config
-
-    config.DEBUG = False
-
-
-def uninstall_atomic_save_json() -> None:
-    """Put Keras Tuner's own writer back (tests compare the two)."""
-    from keras_tuner.src import utils
-
-    if "save_json" in _saved:
-        utils.save_json = _saved["save_json"]
-
-
-# --- distributed: the client's deadline, the oracle's retry queue, gRPC plumbing ------------------------
-
-
-def set_rpc_timeout(seconds: float) -> None:
-    """Keras Tuner waits up to a module constant (60 min) on every oracle call and takes no argument for it
-    (keras-team/keras-tuner#990); a worker must give up sooner so that the Job restarts it."""
+    Checks the pinned version and every internal first (:func:`check`).
+    """
+    from keras_tuner.src import config, utils
     from keras_tuner.src.distribute import oracle_client
 
-    oracle_client.TIMEOUT = seconds
+    check()
+    saved = (utils.save_json, config.DEBUG, oracle_client.TIMEOUT)
+    nested = utils.save_json is save_json_atomically  # entered again inside itself: keep the original
+    if not nested:
+        _saved["save_json"] = utils.save_json
+    utils.save_json = save_json_atomically
+    config.DEBUG = False
+    if rpc_timeout_seconds is not None:
+        oracle_client.TIMEOUT = rpc_timeout_seconds
+    log.debug("Keras Tuner patched (atomic writes, quiet failures, rpc timeout %s)", rpc_timeout_seconds)
+    try:
+        yield
+    finally:
+        utils.save_json, config.DEBUG, oracle_client.TIMEOUT = saved
+        if not nested:
+            _saved.pop("save_json", None)
 
 
-def requeue(oracle: Any, trial_id: str) -> None:
-    """Have ``create_trial`` hand ``trial_id`` out next, as ``Oracle.reload()`` does for running trials."""
-    oracle._retry_queue.append(trial_id)
+# --- the Oracle's non-public state --------------------------------------------------------------------
 
 
-def unqueue(oracle: Any, trial_id: str) -> bool:
-    """Take ``trial_id`` off the retry queue; False if it was not queued."""
-    if trial_id in oracle._retry_queue:
-        oracle._retry_queue.remove(trial_id)
-        return True
-    return False
+class OracleAdapter:
+    """Every read and write of a Keras Tuner Oracle's state beyond its public methods.
+
+    Keras Tuner has no public call for "this trial's worker is gone" or "this trial stays with its
+    worker"; the adapter does what ``Oracle.reload()`` does with trials that were running when the process
+    stopped (drop them from ``ongoing_trials``, append their ids to the private ``_retry_queue``, which
+    ``create_trial`` serves first). It holds no state of its own; callers that run beside the oracle's gRPC
+    thread hold the oracle's lock (``keras_tuner.synchronized`` on a function whose first argument is the
+    oracle), as :mod:`jobs.distributed.chief` does.
+    """
+
+    def __init__(self, oracle: Any) -> None:
+        self.oracle = oracle
+
+    # reads
+    def trials(self) -> list[Any]:
+        """Every trial the oracle has recorded (a copy of the list)."""
+        return list(self.oracle.trials.values())
+
+    def trial(self, trial_id: str) -> Any | None:
+        return self.oracle.trials.get(trial_id)
+
+    def running(self) -> dict[str, Any]:
+        """``{tuner_id: trial}`` for every trial handed out and not ended (a copy)."""
+        return dict(self.oracle.ongoing_trials)
+
+    def running_trial(self, tuner_id: str) -> Any | None:
+        return self.oracle.ongoing_trials.get(tuner_id)
+
+    def connected_tuners(self) -> set[str]:
+        """Tuner ids that asked for a trial and were not yet told STOPPED."""
+        return set(self.oracle.tuner_ids)
+
+    # writes
+    def quiet(self) -> None:
+        """Turn Keras Tuner's console display off. On a chief it keeps per-trial start times that a
+        restarted chief may not have reloaded, and ending such a trial raised KeyError."""
+        self.oracle.verbose = 0
+
+    def requeue(self, trial_id: str) -> None:
+        """Have ``create_trial`` hand ``trial_id`` out next, as ``Oracle.reload()`` does."""
+        self.oracle._retry_queue.append(trial_id)
+
+    def unqueue(self, trial_id: str) -> bool:
+        """Take ``trial_id`` off the retry queue; False if it was not queued."""
+        if trial_id in self.oracle._retry_queue:
+            self.oracle._retry_queue.remove(trial_id)
+            return True
+        return False
+
+    def reassign(self, tuner_id: str) -> Any | None:
+        """Take the trial ``tuner_id`` holds away from it and queue it for the next ``create_trial``; returns
+        that trial (None if the tuner held none). The caller saves the oracle."""
+        trial = self.oracle.ongoing_trials.pop(tuner_id, None)
+        if trial is not None:
+            self.requeue(trial.trial_id)
+        return trial
+
+    def keep_with(self, tuner_id: str, trial_id: str) -> bool:
+        """Leave a trial that ``reload()`` queued again with the tuner that was running it; False if the
+        trial is unknown or was not queued (it finished, or another tuner has it)."""
+        if trial_id in self.oracle.trials and self.unqueue(trial_id):
+            self.oracle.ongoing_trials[tuner_id] = self.oracle.trials[trial_id]
+            return True
+        return False
+
+    @staticmethod
+    def handed_out_before(project_dir: str | os.PathLike[str]) -> dict[str, str]:
+        """``{tuner_id: trial_id}`` the oracle had handed out when it was last saved in ``project_dir``
+        (``oracle.json``), read before ``reload()`` re-queues them; empty if there is no readable state."""
+        try:
+            with open(os.path.join(os.fspath(project_dir), ORACLE_STATE_FILE)) as file:
+                state = json.load(file)
+        except (OSError, ValueError):
+            return {}
+        ongoing = state.get("ongoing_trials", {}) if isinstance(state, dict) else {}
+        return {str(k): str(v) for k, v in ongoing.items()} if isinstance(ongoing, dict) else {}
+
+
+# --- distributed: gRPC plumbing ------------------------------------------------------------------------
 
 
 def oracle_servicer_class() -> type:

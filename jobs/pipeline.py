@@ -1,5 +1,9 @@
 """The job's steps in order (config -> data -> search -> final model -> report and export), in one process
-(:func:`run`) or as one role of a distributed search (:func:`run_role`). One export per search."""
+(:func:`run`) or as one role of a distributed search (:func:`run_role`). One export per search.
+
+What every step shares is built once, by :func:`prepare`, into a :class:`RunContext`; the steps below it
+(search, final model, export) take the values they need.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from jobs import kt_compat
 from jobs.config import JobConfig
 from jobs.data import load_data
-from jobs.errors import ExportError, SearchError
+from jobs.errors import ExportError
 from jobs.runtime import (
     ExportRecord,
+    OutputPaths,
     library_versions,
     output_paths,
     read_export_record,
@@ -29,8 +34,11 @@ if TYPE_CHECKING:
     from jobs.data import Mnist, Splits
     from jobs.distributed.roles import Role
     from jobs.progress import SearchProgress
+    from jobs.pushmetrics import ProgressPusher
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
+
+TENSORBOARD_DIR = "tensorboard"  # under <output>/report: one folder per trial, "final" for the retrain
 
 
 @dataclass
@@ -46,24 +54,48 @@ class FinalResult:
     model: Any = None  # the exported keras.Model, in memory
 
 
-def finalize(
-    tuner: kt.Tuner,
-    config: JobConfig,
-    splits: Splits,
-    mnist: Mnist,
-    *,
-    search_seconds: float | None = None,
-    started: float | None = None,
-    progress: SearchProgress | None = None,
-) -> FinalResult:
+@dataclass
+class RunContext:
+    """What one run's steps share, built once by :func:`prepare`."""
+
+    config: JobConfig
+    paths: OutputPaths
+    mnist: Mnist
+    splits: Splits
+    progress: SearchProgress
+    pusher: ProgressPusher
+    started: float  # time.monotonic() when the run began
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        """``<output>/report/tensorboard`` when ``runtime.tensorboard`` is on, else None."""
+        return self.paths.report / TENSORBOARD_DIR if self.config.runtime.tensorboard else None
+
+
+def prepare(config: JobConfig, paths: OutputPaths | None = None) -> RunContext:
+    """Data (before TensorFlow loads: bad data fails in a second), then seeds and devices, progress and the
+    Pushgateway pusher; ``paths`` default to ``output_paths(config)``."""
+    started = time.monotonic()
+    mnist, splits = load_data(config)
+    setup_runtime(config)
+    from jobs.progress import SearchProgress
+    from jobs.pushmetrics import ProgressPusher
+
+    pusher = ProgressPusher(config.runtime.pushgateway)
+    paths = paths or output_paths(config)
+    return RunContext(config, paths, mnist, splits, SearchProgress(config), pusher, started)
+
+
+def finalize(tuner: kt.Tuner, ctx: RunContext, search_seconds: float | None = None) -> FinalResult:
     """Final model, test score, report and atomic export of the next version; records it for reruns."""
     import modelrepo
     from jobs import report, tuners
     from jobs.export import export_model
     from jobs.final import final_model, score_on_test
 
-    paths = output_paths(config)
-    chosen = final_model(tuner, config, splits, progress)
+    config, paths, splits = ctx.config, ctx.paths, ctx.splits
+    final_logs = None if ctx.tensorboard_dir is None else ctx.tensorboard_dir / "final"
+    chosen = final_model(tuner, config, splits, ctx.progress, final_logs)
     accuracy = score_on_test(chosen.model, splits)
     log.info("test accuracy %.4f (%s)", accuracy, config.final.mode)
     trials = tuners.trial_summaries(tuner, config.tuner.objective)
@@ -88,11 +120,11 @@ def finalize(
         test_accuracy=accuracy,
         history=chosen.history,
         trials=trials,
-        data_checksums=mnist.checksums,
+        data_checksums=ctx.mnist.checksums,
         library_versions=library_versions(),
         config=config.model_dump(mode="json"),
         search_seconds=search_seconds,
-        total_seconds=None if started is None else time.monotonic() - started,
+        total_seconds=time.monotonic() - ctx.started,
     )
     try:
         version, path = export_model(chosen.model, paths.models, metadata)
@@ -103,9 +135,9 @@ def finalize(
     return FinalResult(version, path, accuracy, chosen.val_accuracy, chosen.values, len(trials), chosen.model)
 
 
-def already_exported(config: JobConfig, export_again: bool) -> ExportRecord | None:
+def already_exported(paths: OutputPaths, export_again: bool) -> ExportRecord | None:
     """The version this search published earlier, unless ``export_again``; None means "go on"."""
-    record = read_export_record(output_paths(config))
+    record = read_export_record(paths)
     if record is None:
         return None
     if export_again:
@@ -131,23 +163,18 @@ def run(config: JobConfig, tuner_id: str | None = None, export_again: bool = Fal
     Returns None when this search had already exported (a rerun, or a retried pod): no second version.
     """
     kt_compat.check_version()
-    if already_exported(config, export_again) is not None:
+    paths = output_paths(config)
+    if already_exported(paths, export_again) is not None:
         return None
-    started = time.monotonic()
-    mnist, splits = load_data(config)  # before TensorFlow loads: bad data fails in a second
-    setup_runtime(config)
-    from jobs.progress import SearchProgress
-    from jobs.pushmetrics import ProgressPusher, ProgressWatcher
+    ctx = prepare(config, paths)
+    from jobs.pushmetrics import ProgressWatcher
 
-    pusher = ProgressPusher(config.runtime.pushgateway)
-    progress = SearchProgress(config)
-    tuner = build_tuner(config, splits, tuner_id, progress)
-    with ProgressWatcher(tuner.oracle, pusher, "val_accuracy"):
-        search_seconds = run_search(tuner, config, splits)
-    result = finalize(
-        tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
-    )
-    pusher.success()
+    with kt_compat.patched():
+        tuner = build_tuner(config, ctx.splits, ctx.paths, tuner_id, ctx.progress)
+        with ProgressWatcher(tuner.oracle, ctx.pusher, "val_accuracy"):
+            search_seconds = run_search(tuner, config, ctx.splits, ctx.tensorboard_dir)
+        result = finalize(tuner, ctx, search_seconds)
+    ctx.pusher.success()
     return result
 
 
@@ -157,34 +184,30 @@ def run_role(config: JobConfig, role: Role, export_again: bool = False) -> Final
 
     kt_compat.check_version()
     apply_role(role)  # Keras Tuner reads KERASTUNER_* when the tuner is built
-    if role.kind == "chief" and already_exported(config, export_again) is not None:
+    paths = output_paths(config)
+    if role.kind == "chief" and already_exported(paths, export_again) is not None:
         # Workers of this run that are still waiting read the marker and exit 0.
-        write_done_marker(output_paths(config).tuner, config.distributed.run_id, finalized=True)
+        write_done_marker(paths.tuner, config.distributed.run_id, finalized=True)
         return None
-    started = time.monotonic()
-    mnist, splits = load_data(config)
-    setup_runtime(config)
+    ctx = prepare(config, paths)
     from jobs.distributed import chief, worker
-    from jobs.progress import SearchProgress
-    from jobs.pushmetrics import ProgressPusher
 
-    progress = SearchProgress(config)
     if role.kind == "worker":
         # A worker's oracle lives on the chief: no resume accounting here, only per-epoch logging.
-        tuner = build_tuner(config, splits, role.tuner_id)
-        tuner.progress = progress
-        worker.run_worker(tuner, lambda: run_search(tuner, config, splits), role, config.distributed)
+        with kt_compat.patched(rpc_timeout_seconds=config.distributed.rpc_timeout_seconds):
+            tuner = build_tuner(config, ctx.splits, ctx.paths, role.tuner_id)
+            tuner.progress = ctx.progress
+
+            def search() -> float:
+                return run_search(tuner, config, ctx.splits, ctx.tensorboard_dir)
+
+            worker.run_worker(tuner, search, role, config.distributed)
         return None
-    tuner = build_tuner(config, splits, role.tuner_id, progress)
 
-    def final() -> FinalResult:
-        search_seconds = time.monotonic() - started
-        return finalize(
-            tuner, config, splits, mnist, search_seconds=search_seconds, started=started, progress=progress
-        )
+    with kt_compat.patched():
+        tuner = build_tuner(config, ctx.splits, ctx.paths, role.tuner_id, ctx.progress)
 
-    pusher = ProgressPusher(config.runtime.pushgateway)
-    try:
-        return chief.run_chief(tuner, final, role, config.distributed, pusher)
-    except RuntimeError as exc:  # Keras Tuner's "consecutive failures exceeded the limit", on the chief
-        raise SearchError(str(exc)) from exc
+        def final() -> FinalResult:
+            return finalize(tuner, ctx, search_seconds=time.monotonic() - ctx.started)
+
+        return chief.run_chief(tuner, final, role, config.distributed, ctx.pusher)

@@ -25,7 +25,7 @@ import yaml
 from jobs.config import load_config
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, DataError, ExportError, JobError, SearchError
 
-log = logging.getLogger("jobs.promote")
+log = logging.getLogger(__spec__.name)  # "jobs.promote" under python -m too
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

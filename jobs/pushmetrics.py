@@ -37,15 +37,17 @@ def snapshot(oracle: Any, metric: str = "val_accuracy") -> Snapshot:
     """Count finished trials of ``oracle`` and the best ``metric`` so far.
 
     Takes the oracle's own lock (``keras_tuner.synchronized``) so that it can run beside the gRPC
-    thread or the search loop that mutate ``oracle.trials``.
+    thread or the search loop that mutate the oracle's trials.
     """
     import keras_tuner
+
+    from jobs.kt_compat import OracleAdapter
 
     @keras_tuner.synchronized
     def _read(oracle: Any) -> Snapshot:
         completed = failed = 0
         best: float | None = None
-        for trial in list(oracle.trials.values()):
+        for trial in OracleAdapter(oracle).trials():
             if trial.status == "COMPLETED":
                 completed += 1
                 if trial.metrics.exists(metric):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs import kt_compat
 from jobs.config import JobConfig
-from jobs.errors import JobError, SearchError
-from jobs.runtime import TUNER_DIR, output_paths
+from jobs.errors import SearchError
+from jobs.runtime import TUNER_DIR, OutputPaths
 
 if TYPE_CHECKING:
     import keras_tuner as kt
@@ -18,16 +20,17 @@ if TYPE_CHECKING:
     from jobs.data import Splits
     from jobs.progress import SearchProgress
 
-log = logging.getLogger("jobs.tune")
+log = logging.getLogger(__name__)
 
 
 def build_tuner(
     config: JobConfig,
     splits: Splits,
+    paths: OutputPaths,
     tuner_id: str | None = None,
     progress: SearchProgress | None = None,
 ) -> kt.Tuner:
-    """The configured tuner on ``<output>/tuner``; reloads (resumes) the project if it exists.
+    """The configured tuner on ``paths.tuner``; reloads (resumes) the project if it exists.
 
     Keras Tuner picks the state file to reload by ``KERASTUNER_TUNER_ID`` (default ``tuner0``), so a
     ``tuner_id`` given here is also exported there when that variable is unset.
@@ -45,7 +48,6 @@ def build_tuner(
         config.runtime.steps_per_execution,
         config.runtime.jit_compile,
     )
-    paths = output_paths(config)
     paths.root.mkdir(parents=True, exist_ok=True)
     try:
         tuner = tuners.create_tuner(config, hypermodel, paths.root, TUNER_DIR, tuner_id)
@@ -57,10 +59,12 @@ def build_tuner(
     return tuner
 
 
-def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
-    """Run (or continue) the search; returns its wall time. Raises :class:`SearchError` if fatal."""
+def run_search(
+    tuner: kt.Tuner, config: JobConfig, splits: Splits, tensorboard_dir: Path | None = None
+) -> float:
+    """Run (or continue) the search; returns its wall time. Raises :class:`SearchError` if fatal. Each
+    trial writes TensorBoard logs (with HParams) under ``tensorboard_dir`` (None: none)."""
     import keras
-    import keras_tuner as kt
 
     from jobs.progress import interactive
 
@@ -73,17 +77,13 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
                 monitor=config.tuner.objective, patience=config.search.early_stopping_patience
             )
         )
-    if config.runtime.tensorboard:
+    if tensorboard_dir is not None:
         # Keras Tuner gives each trial its own subdirectory and adds the HParams callback.
         callbacks.append(
-            keras.callbacks.TensorBoard(
-                log_dir=str(output_paths(config).report / "tensorboard"),
-                write_graph=False,
-                profile_batch=0,
-            )
+            keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), write_graph=False, profile_batch=0)
         )
     started = time.monotonic()
-    try:
+    with kt_compat.search_failures():
         tuner.search(
             x,
             y,
@@ -94,12 +94,6 @@ def run_search(tuner: kt.Tuner, config: JobConfig, splits: Splits) -> float:
             # lines replace it. Keras' progress bar is on for a terminal (MlpHyperModel.verbose).
             verbose=0,
         )
-    except kt.errors.FatalError as exc:
-        if isinstance(exc, JobError):  # e.g. a worker's lost chief: keeps its own exit code
-            raise
-        raise SearchError(f"fatal error in the search: {exc}") from exc
-    except RuntimeError as exc:  # Keras Tuner's "consecutive failures exceeded the limit"
-        raise SearchError(str(exc)) from exc
     seconds = time.monotonic() - started
     log.info("search finished in %.1fs", seconds)
     return seconds

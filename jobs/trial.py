@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import keras
     import keras_tuner as kt
 
-log = logging.getLogger("jobs.trial")
+log = logging.getLogger(__spec__.name)  # "jobs.trial" under python -m too
 
 RECORD_FILE = "trial.json"
 WEIGHTS_FILE = "model.weights.h5"

@@ -125,12 +125,8 @@ def create_tuner(
 ) -> kt.Tuner:
     """The tuner named by ``config.tuner``; reloads its state from ``directory/project_name`` if present.
 
-    Checks the Keras Tuner internals the job relies on, makes its state writes atomic and keeps failed
-    trials' tracebacks out of stderr, first.
+    The job builds it inside :func:`jobs.kt_compat.patched` (atomic state writes, quiet failed trials).
     """
-    kt_compat.check()
-    kt_compat.install_atomic_save_json()
-    kt_compat.quiet_failed_trials()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # Keras Tuner print()s "Reloading Tuner from ..."
         created = _construct(config, hypermodel, directory, project_name, tuner_id)
@@ -188,7 +184,7 @@ def best_epoch_count(record: dict[str, Any], objective: str) -> int:
 def trial_summaries(tuner: kt.Tuner, objective: str) -> list[modelrepo.TrialSummary]:
     """Every trial, best first (failed and unscored trials last)."""
     summaries = []
-    for trial in tuner.oracle.trials.values():
+    for trial in kt_compat.OracleAdapter(tuner.oracle).trials():
         record = read_history(tuner, trial.trial_id)
         val_accuracy = None
         if trial.metrics.exists("val_accuracy"):
@@ -207,7 +203,7 @@ def trial_summaries(tuner: kt.Tuner, objective: str) -> list[modelrepo.TrialSumm
     higher = objective.endswith("accuracy")
 
     def key(summary: modelrepo.TrialSummary) -> tuple[int, float]:
-        trial = tuner.oracle.trials[summary.trial_id]
+        trial = tuner.oracle.get_trial(summary.trial_id)
         score = trial.score if trial.score is not None and math.isfinite(trial.score) else None
         if summary.status != "COMPLETED" or score is None:
             return (1, 0.0)
@@ -221,7 +217,7 @@ def finished_work(tuner: kt.Tuner) -> tuple[int, int, int, float | None]:
     done = failed = epochs = 0
     best = None
     higher = tuner.oracle.objective.direction == "max"
-    for trial in tuner.oracle.trials.values():
+    for trial in kt_compat.OracleAdapter(tuner.oracle).trials():
         if trial.status not in ("COMPLETED", "FAILED", "INVALID"):
             continue
         done += 1

@@ -5,6 +5,8 @@ Layout (TensorFlow Serving's): ``<root>/<model_name>/<version>/`` holding a Save
 Versions are increasing positive integers. A version appears atomically: it is written to a hidden
 staging directory beside the versions (same volume) and renamed into place, so a reader never sees half
 of one. Readers ignore every entry whose name is not a positive integer (TF Serving does the same).
+Every publish first deletes staging directories untouched for :data:`STALE_STAGING_SECONDS` (left by a
+writer that crashed mid-publish); a younger one may be a concurrent writer's and stays.
 
 This module must stay importable without TensorFlow or keras-tuner: the serving image imports it.
 """
@@ -29,6 +31,10 @@ SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 STAGING_PREFIX = ".staging-"
+# A staging directory whose modification time is older than this belongs to a writer that crashed: a
+# publish writes its payload and renames it within seconds to minutes. One hour leaves room for a slow
+# volume and for clock skew between the nodes that share it.
+STALE_STAGING_SECONDS = 3600.0
 DEFAULT_MODEL_NAME = "mnist"
 
 # The serving signature's input contract: raw pixels, the model normalises them itself.
@@ -183,10 +189,12 @@ def publish(
 
     ``write_payload(staging_dir)`` writes the SavedModel into an empty staging directory on the same
     volume; ``metadata.json`` is written here with the version filled in. If anything fails, the
-    staging directory is removed and no version becomes visible.
+    staging directory is removed and no version becomes visible. Staging directories that crashed
+    writers left behind (:data:`STALE_STAGING_SECONDS`) are removed first.
     """
     directory = model_dir(root, metadata.model_name)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(root, metadata.model_name)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory))
     try:
         # mkdtemp makes the directory private (0700); a published version must be readable by a
@@ -215,23 +223,27 @@ def publish(
         raise
 
 
-def remove_stale_staging(root: Path | str, name: str, older_than_seconds: float = 3600.0) -> list[Path]:
-    """Delete staging directories left by writers that crashed; returns what was removed."""
+def remove_stale_staging(
+    root: Path | str, name: str, older_than_seconds: float = STALE_STAGING_SECONDS
+) -> list[Path]:
+    """Delete staging directories left by writers that crashed (not modified for ``older_than_seconds``);
+    returns what was removed. Called by :func:`publish`; safe to run from several writers at once."""
     directory = model_dir(root, name)
     if not directory.is_dir():
         return []
     removed = []
     now = time.time()
     for entry in directory.iterdir():
-        if entry.name.startswith(STAGING_PREFIX) and now - entry.stat().st_mtime > older_than_seconds:
+        if not entry.name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:  # another writer removed it, or renamed it into a version
+            continue
+        if age > older_than_seconds:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-def metadata_json_schema() -> dict[str, Any]:
-    """The JSON Schema of metadata.json, for documentation and non-Python readers."""
-    return ModelMetadata.model_json_schema()
 
 
 def to_jsonable(value: Any) -> Any:

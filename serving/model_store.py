@@ -170,9 +170,6 @@ class ModelStore:
         """Loaded versions of ``name``, newest first (empty if none)."""
         return [loaded for _, loaded in sorted(self._models.get(name, {}).items(), reverse=True)]
 
-    def model_names(self) -> list[str]:
-        return sorted(self._models)
-
     def ready(self) -> bool:
         return bool(self._latest)
 

@@ -1,10 +1,16 @@
 """The model-repository contract: version listing, atomic publish, metadata round trip."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import pytest
 
 import modelrepo
+from tests.support import REPO
 
 
 def _metadata(name="mnist"):
@@ -81,3 +87,34 @@ def test_bad_model_name_and_bad_metadata_are_named(tmp_path):
     (version / modelrepo.METADATA_FILE).write_text('{"model_name": "mnist"}')
     with pytest.raises(modelrepo.ModelRepositoryError, match="schema"):
         modelrepo.read_metadata(version)
+
+
+def _crash_mid_publish(root):
+    """A writer killed while it writes its payload (no ``finally`` runs): its staging folder stays."""
+    code = textwrap.dedent(
+        f"""
+        import os, modelrepo
+        def payload(staging):
+            (staging / "variables").mkdir()
+            os._exit(9)
+        modelrepo.publish({str(root)!r}, modelrepo.ModelMetadata(model_name="mnist", tuner="random",
+                          final_model="retrain", hyperparameters={{}}), payload)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60, check=False)
+    assert result.returncode == 9
+    (left,) = (root / "mnist").glob(f"{modelrepo.STAGING_PREFIX}*")
+    return left
+
+
+def test_a_publish_removes_a_crashed_writers_staging_but_not_a_concurrent_ones(tmp_path):
+    crashed = _crash_mid_publish(tmp_path)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(crashed, (hours_ago, hours_ago))  # older than STALE_STAGING_SECONDS (one hour)
+    concurrent = tmp_path / "mnist" / f"{modelrepo.STAGING_PREFIX}writing-now"  # another writer's, fresh
+    concurrent.mkdir()
+    version, _ = modelrepo.publish(tmp_path, _metadata(), _payload)
+    assert version == 1
+    assert not crashed.exists()
+    assert concurrent.is_dir()
+    assert sorted(entry.name for entry in (tmp_path / "mnist").iterdir()) == sorted(["1", concurrent.name])

@@ -3,7 +3,6 @@ injectable clock (docs/distributed.md says what it changes in Keras Tuner and wh
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -18,7 +17,6 @@ import keras_tuner
 from jobs import kt_compat
 from jobs.distributed.roles import (
     DONE_MARKER,
-    ORACLE_STATE_FILE,
     DistributedConfig,
     Role,
     read_done_marker,
@@ -34,6 +32,7 @@ T = TypeVar("T")
 BEST_METRIC = "val_accuracy"
 Clock = Callable[[], float]
 _trial = kt_compat.trial_module()  # Trial, TrialStatus
+Adapter = kt_compat.OracleAdapter
 
 
 class Leases:
@@ -56,13 +55,11 @@ def _finished(trial: Any) -> bool:
 def _take_back(oracle: Any, tuner_id: str, leases: Leases, max_losses: int, reason: str) -> None:
     """Hand the trial ``tuner_id`` was running out again, or fail it after ``max_losses`` losses.
 
-    Keras Tuner has no public call for "this trial's worker is gone". We do what its own
-    ``Oracle.reload()`` does with trials that were running when the process stopped: drop the trial
-    from ``ongoing_trials`` and append its id to the private ``_retry_queue``, which ``create_trial``
-    serves first. The private list is touched only here, in :func:`_accept_result` and in
-    :func:`_restore_leases`.
+    Keras Tuner has no public call for "this trial's worker is gone": :meth:`OracleAdapter.reassign` does
+    what its own ``Oracle.reload()`` does with trials that were running when the process stopped.
     """
-    trial = oracle.ongoing_trials.get(tuner_id)
+    adapter = Adapter(oracle)
+    trial = adapter.running_trial(tuner_id)
     if trial is None:
         return
     leases.losses[trial.trial_id] += 1
@@ -79,25 +76,25 @@ def _take_back(oracle: Any, tuner_id: str, leases: Leases, max_losses: int, reas
         oracle.end_trial(trial)  # records the failure, saves, drops it from ongoing_trials
         return
     log.warning("trial %s: %s; handing it out again", trial.trial_id, reason)
-    oracle.ongoing_trials.pop(tuner_id)
-    kt_compat.requeue(oracle, trial.trial_id)
+    adapter.reassign(tuner_id)
     oracle.save()
 
 
 @keras_tuner.synchronized
 def _accept_result(oracle: Any, trial: Any, leases: Leases) -> None:
     """Record a worker's result; if its trial had been re-queued meanwhile, it need not run again."""
-    recorded = oracle.trials.get(trial.trial_id)
+    adapter = Adapter(oracle)
+    recorded = adapter.trial(trial.trial_id)
     if recorded is not None and _finished(recorded) and recorded.status == trial.status:
         # The same result sent again (the worker's first EndTrial was cut off by a chief restart).
         leases.last_seen.pop(trial.trial_id, None)
         log.info("trial %s: %s already recorded", trial.trial_id, trial.status)
         return
-    kt_compat.unqueue(oracle, trial.trial_id)
+    adapter.unqueue(trial.trial_id)
     oracle.end_trial(trial)
     leases.last_seen.pop(trial.trial_id, None)
-    ended = oracle.trials[trial.trial_id]
-    finished = sum(_finished(t) for t in oracle.trials.values())
+    ended = oracle.get_trial(trial.trial_id)
+    finished = sum(_finished(t) for t in adapter.trials())
     log.info(
         "trial %s %s, score %s (%d trials finished)", ended.trial_id, ended.status, ended.score, finished
     )
@@ -111,9 +108,9 @@ def _restore_leases(oracle: Any, saved_ongoing: Mapping[str, str], leases: Lease
     usually still training those trials and will report them: re-queueing would run each twice. A trial
     whose worker really is gone comes back through the lease timeout.
     """
+    adapter = Adapter(oracle)
     for tuner_id, trial_id in saved_ongoing.items():
-        if trial_id in oracle.trials and kt_compat.unqueue(oracle, trial_id):
-            oracle.ongoing_trials[tuner_id] = oracle.trials[trial_id]
+        if adapter.keep_with(tuner_id, trial_id):
             leases.touch(trial_id)
             log.info("trial %s stays with %s after the chief restart", trial_id, tuner_id)
 
@@ -122,7 +119,7 @@ def _restore_leases(oracle: Any, saved_ongoing: Mapping[str, str], leases: Lease
 def _expire_leases(oracle: Any, leases: Leases, settings: DistributedConfig, since: float) -> None:
     """Take back every running trial whose worker was silent longer than the lease (since ``since``)."""
     now = leases.clock()
-    for tuner_id, trial in list(oracle.ongoing_trials.items()):
+    for tuner_id, trial in Adapter(oracle).running().items():
         silent = now - leases.last_seen.get(trial.trial_id, since)
         if silent > settings.lease_timeout_seconds:
             reason = f"no word from worker {tuner_id} for {silent:.0f} s"
@@ -132,8 +129,9 @@ def _expire_leases(oracle: Any, leases: Leases, settings: DistributedConfig, sin
 @keras_tuner.synchronized
 def _state(oracle: Any) -> tuple[bool, int, int | None]:
     """(every recorded trial finished, trials running, trials the oracle may still create)."""
-    trials = list(oracle.trials.values())
-    return all(_finished(t) for t in trials), len(oracle.ongoing_trials), oracle.remaining_trials()
+    adapter = Adapter(oracle)
+    finished = all(_finished(t) for t in adapter.trials())
+    return finished, len(adapter.running()), oracle.remaining_trials()
 
 
 class _Servicer(kt_compat.oracle_servicer_class()):  # type: ignore[misc]
@@ -165,13 +163,13 @@ class _Servicer(kt_compat.oracle_servicer_class()):  # type: ignore[misc]
 @keras_tuner.synchronized
 def _hand_out(oracle: Any, tuner_id: str, chief: ChiefServer) -> Any:
     # A worker only asks for a trial after ending its last one; if it still holds one, it restarted.
-    if tuner_id in oracle.ongoing_trials:
+    if Adapter(oracle).running_trial(tuner_id) is not None:
         reason = f"worker {tuner_id} restarted during the trial"
         _take_back(oracle, tuner_id, chief.leases, chief.settings.max_trial_losses, reason)
     trial = oracle.create_trial(tuner_id)
     if trial.status == _trial.TrialStatus.STOPPED:
         chief.stop_triggered = True
-        if not all(_finished(t) for t in oracle.trials.values()):
+        if not all(_finished(t) for t in Adapter(oracle).trials()):
             # Keep the worker: a running trial may lose its worker and need another one.
             return _trial.Trial(oracle.get_space(), status=_trial.TrialStatus.IDLE)
     elif trial.status == _trial.TrialStatus.RUNNING:
@@ -193,7 +191,7 @@ class ChiefServer:
         # Keras Tuner's console display keeps per-trial start times that a restarted chief may not have
         # reloaded (they are saved only after the trial was handed out): ending such a trial would
         # raise KeyError in the display. The chief logs trial results itself instead.
-        oracle.verbose = 0
+        Adapter(oracle).quiet()
         self.oracle = oracle
         self.role = role
         self.settings = settings
@@ -249,21 +247,11 @@ class ChiefServer:
         if self._server is None:
             return
         deadline = time.monotonic() + (self.settings.shutdown_grace_seconds if drain else 0)
-        while drain and self.oracle.tuner_ids and time.monotonic() < deadline:
+        while drain and Adapter(self.oracle).connected_tuners() and time.monotonic() < deadline:
             time.sleep(min(self.settings.poll_seconds, 0.2))
         self._server.stop(grace=1.0).wait()
         self._server = None
         log.info("chief oracle stopped")
-
-
-def _saved_ongoing(project_dir: str | Path) -> dict[str, str]:
-    """Which worker held which trial when the previous chief last saved (Keras Tuner's oracle.json)."""
-    try:
-        state = json.loads((Path(project_dir) / ORACLE_STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    ongoing = state.get("ongoing_trials", {})
-    return {str(k): str(v) for k, v in ongoing.items()} if isinstance(ongoing, dict) else {}
 
 
 def run_chief(
@@ -284,7 +272,7 @@ def run_chief(
         log.info("run %s was already finalized by an earlier chief; nothing to do", settings.run_id)
         return None
     server = ChiefServer(tuner.oracle, role, settings, pusher)
-    _restore_leases(tuner.oracle, _saved_ongoing(project_dir), server.leases)
+    _restore_leases(tuner.oracle, Adapter.handed_out_before(project_dir), server.leases)
     # Writes oracle.json and chief.json; without chief.json a restarted chief would not reload the
     # search (keras-team/keras-tuner#976). Keras Tuner's own chief does the same before serving.
     tuner.save()
@@ -294,7 +282,8 @@ def run_chief(
         marked = False
     server.start()
     try:
-        server.wait_until_done(marked)
+        with kt_compat.search_failures():  # the search's fatal errors (exit 4); finalize's are its own
+            server.wait_until_done(marked)
         write_done_marker(project_dir, settings.run_id, finalized=False)
         result = finalize()
         write_done_marker(project_dir, settings.run_id, finalized=True)

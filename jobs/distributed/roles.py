@@ -24,7 +24,6 @@ ORACLE_PORT_ENV = "KERASTUNER_ORACLE_PORT"
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 CHIEF_ID = "chief"
 DONE_MARKER = "search_done.json"
-ORACLE_STATE_FILE = "oracle.json"  # Keras Tuner's oracle state in the project directory
 
 
 class DistributedConfig(BaseModel):

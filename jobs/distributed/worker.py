@@ -99,7 +99,7 @@ class WorkerOracle:
     def create_trial(self, tuner_id: str) -> Any:
         trial = self._call("create_trial", tuner_id)
         if trial.status == _status().IDLE:
-            time.sleep(self._settings.poll_seconds)
+            self._sleep(self._settings.poll_seconds)
         elif trial.status == _status().RUNNING:
             self._start_heartbeat(trial.trial_id)
         return trial
@@ -165,7 +165,6 @@ def run_worker(tuner: Any, search: Callable[[], object], role: Role, settings: D
         raise DistributedError(
             f"chief oracle at {role.target} not reachable within {settings.connect_timeout_seconds:g} s"
         )
-    kt_compat.set_rpc_timeout(settings.rpc_timeout_seconds)  # Keras Tuner's default: 60 min per call
     tuner.oracle = WorkerOracle(
         tuner.oracle, settings, lambda: search_marked_done(project_dir, settings.run_id)
     )

@@ -232,8 +232,7 @@ def katib_run(experiment, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     /var/log/katib are folders under a temporary directory, ``python`` is this virtualenv's, and the
     environment shrinks the seed preset's data and epochs for a test (small synthetic digits, 2 epochs).
     """
-    from jobs.data import write_idx
-    from tests.support.mnist import synthetic_arrays
+    from tests.support.mnist import synthetic_arrays, write_idx
 
     root = tmp_path_factory.mktemp("katib")
     data = root / "digits"

@@ -8,6 +8,7 @@ tests/distributed/test_distributed_search.py runs the whole path in real process
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -27,9 +28,9 @@ from jobs.distributed.worker import (
     WorkerOracle,
     run_worker,
 )
-from jobs.errors import DistributedError
+from jobs.errors import DistributedError, SearchError
 from jobs.pushmetrics import Snapshot, snapshot
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 FAST = DistributedConfig(
     heartbeat_seconds=0.2,
@@ -201,6 +202,22 @@ def test_a_waiting_worker_hears_idle_until_every_trial_has_finished(tmp_path, mo
     assert cluster.oracle.tuner_ids == set()  # both workers were told to stop
 
 
+def test_a_worker_told_idle_waits_on_its_own_clock(tmp_path, monkeypatch) -> None:
+    cluster = Cluster(tmp_path, monkeypatch, trials=1)
+    busy = cluster.worker("tuner1")
+    trial = busy.create_trial("tuner1")
+    clock = FakeClock()
+    tuner = make_tuner(tmp_path, "tuner2", cluster.port, monkeypatch, trials=1)
+    settings = FAST.model_copy(update={"poll_seconds": 3.0})
+    waiting = WorkerOracle(tuner.oracle, settings, clock=clock, sleep=clock.advance)
+    started = time.monotonic()
+    assert waiting.create_trial("tuner2").status == "IDLE"
+    assert clock.now == 1000 + 3.0  # the pause after IDLE went to the injected sleep...
+    assert time.monotonic() - started < 2.5  # ...not to time.sleep
+    complete(busy, trial)
+    cluster.finish()
+
+
 def test_chief_without_workers_gives_up_after_the_idle_timeout(tmp_path, monkeypatch) -> None:
     settings = FAST.model_copy(update={"idle_timeout_seconds": 5})
     cluster = Cluster(tmp_path, monkeypatch, trials=2, settings=settings)
@@ -344,6 +361,35 @@ def test_a_search_that_fails_on_the_chief_is_not_mistaken_for_a_lost_chief(tmp_p
     cluster.server.stop(drain=False)
     assert isinstance(cluster.error, RuntimeError)
     assert "consecutive failures" in str(cluster.error)
+
+
+def test_consecutive_failures_on_the_chief_are_a_search_error_before_any_final_fit(
+    tmp_path, monkeypatch
+) -> None:
+    chief_tuner = make_tuner(tmp_path, "chief", 0, monkeypatch, trials=5)
+    port = free_port()
+    role = Role("chief", "chief", "127.0.0.1", port)
+    finals: list[str] = []
+    raised: list[BaseException] = []
+
+    def chief() -> None:
+        try:
+            run_chief(chief_tuner, lambda: finals.append("fit"), role, FAST)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=chief, daemon=True)
+    thread.start()
+    worker = WorkerOracle(make_tuner(tmp_path, "tuner1", port, monkeypatch, trials=5).oracle, FAST)
+    for _ in range(3):  # Keras Tuner's default limit of consecutive failed trials
+        trial = worker.create_trial("tuner1")
+        trial.status = "FAILED"
+        with contextlib.suppress(ChiefError):
+            worker.end_trial(trial)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], SearchError), raised
+    assert "consecutive failures" in str(raised[0]) and finals == []
 
 
 def test_a_hyperband_search_ends_when_its_brackets_are_done(tmp_path, monkeypatch) -> None:

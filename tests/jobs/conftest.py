@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import data
-from tests.support.mnist import synthetic_arrays
+from tests.support.mnist import synthetic_arrays, write_idx
 
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,200 training and 300 test images as gzipped IDX files."""
     directory = tmp_path_factory.mktemp("mnist-synthetic")
-    data.write_idx(directory, synthetic_arrays(1200, 300), compress=True)
+    write_idx(directory, synthetic_arrays(1200, 300), compress=True)
     return directory

@@ -145,7 +145,7 @@ def test_ema_momentum_turns_on_the_optimizers_weight_average() -> None:
 
 
 def declared(space: dict) -> list[str]:
-    config = cfg.validate(cfg.deep_merge(cfg.preset_dict("seed"), {"space": space}))
+    config = cfg.load_config("seed", environ={}, cli={"space": space})
     hp = kt.HyperParameters()
     MlpHyperModel(config.space, train_size=100, epochs=1).declare(hp)
     return [p.name for p in hp.space]

@@ -183,3 +183,44 @@ def test_cli_help_documents_exit_codes() -> None:
     assert "TUNE_<SECTION>__<FIELD>" in text and "--export-again" in text
     for row in EXIT_CODES:  # the table of jobs/errors.py, every row
         assert f"{row.code} {row.meaning}" in text
+
+
+def test_environment_values_are_yaml_and_empty_fixed_variables_mean_unset() -> None:
+    env = {
+        "TUNE_FINAL__EPOCHS": "12",
+        "TUNE_SEARCH__TRAIN_SUBSET": "null",
+        "TUNE_SPACE__UNITS": "{min: 16, max: 32}",  # merged key by key into the preset's range
+        "TUNE_SEED": "5",
+        "TUNE_PUSHGATEWAY": "",  # compose passes it empty: no metrics
+        "TUNE_OUTPUT": "runs/x",
+    }
+    config = load_config("smoke", environ=env)
+    assert config.final.epochs == 12 and config.search.train_subset is None and config.seed == 5
+    assert config.space.units == IntRange(min=16, max=32, step=16)
+    assert config.runtime.pushgateway is None and config.output.dir == "runs/x"
+    assert load_config("smoke", environ={"TUNE_FINAL__EPOCHS": "best"}).final.epochs == "best"
+    with pytest.raises(ConfigError, match="TUNE_SPACE__UNITS: value '{min: \\[}' is not valid YAML"):
+        load_config("smoke", environ={"TUNE_SPACE__UNITS": "{min: [}"})
+
+
+def test_set_flags_and_named_flags_override_the_environment() -> None:
+    env = {"TUNE_SEARCH__EPOCHS": "8", "TUNE_TUNER__MAX_TRIALS": "7"}
+    config = load_config(
+        "smoke",
+        environ=env,
+        set_flags=["search.epochs=5", "space.units={min: 32, max: 64}", "tuner.max_trials=4"],
+        flags={"search.epochs": 9, "output.dir": "123"},  # a named flag's text stays text
+    )
+    assert (config.search.epochs, config.tuner.max_trials, config.output.dir) == (9, 4, "123")
+    assert config.space.units == IntRange(min=32, max=64, step=16)
+    with pytest.raises(ConfigError, match="--set 'space': expected SECTION.FIELD=VALUE"):
+        load_config("smoke", environ={}, set_flags=["space"])
+
+
+def test_the_run_variables_are_read_by_pydantic_settings() -> None:
+    assert cfg.job_environment({}).export_again is False
+    assert cfg.job_environment({"TUNE_EXPORT_AGAIN": ""}).export_again is False  # compose's empty default
+    assert cfg.job_environment({"TUNE_EXPORT_AGAIN": "1", "TUNE_PRESET": "seed"}).export_again is True
+    assert load_config(environ={"TUNE_PRESET": "seed"}).preset == "seed"
+    with pytest.raises(ConfigError, match="TUNE_EXPORT_AGAIN: Input should be a valid boolean"):
+        cfg.job_environment({"TUNE_EXPORT_AGAIN": "maybe"})

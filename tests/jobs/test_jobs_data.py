@@ -11,7 +11,7 @@ import pytest
 
 from jobs import data
 from jobs.data import DataError
-from tests.support.mnist import synthetic_arrays
+from tests.support.mnist import synthetic_arrays, write_idx
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def arrays() -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_round_trip(tmp_path: Path, arrays: dict, compress: bool) -> None:
-    data.write_idx(tmp_path, arrays, compress=compress)
+    write_idx(tmp_path, arrays, compress=compress)
     mnist = data.load_mnist(tmp_path)
     np.testing.assert_array_equal(mnist.x_train, arrays["train_images"])
     np.testing.assert_array_equal(mnist.y_test, arrays["test_labels"])
@@ -79,7 +79,7 @@ def test_bad_label_files(raw: bytes, message: str) -> None:
 
 
 def test_truncated_gzip_names_the_file(tmp_path: Path, arrays: dict) -> None:
-    data.write_idx(tmp_path, arrays, compress=True)
+    write_idx(tmp_path, arrays, compress=True)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: corrupt or truncated gzip"):
@@ -87,7 +87,7 @@ def test_truncated_gzip_names_the_file(tmp_path: Path, arrays: dict) -> None:
 
 
 def test_corrupt_gzip_names_the_file(tmp_path: Path, arrays: dict) -> None:
-    data.write_idx(tmp_path, arrays, compress=True)
+    write_idx(tmp_path, arrays, compress=True)
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     raw = bytearray(path.read_bytes())
     raw[12:20] = b"\xff" * 8  # damage the deflate stream behind the gzip header
@@ -97,7 +97,7 @@ def test_corrupt_gzip_names_the_file(tmp_path: Path, arrays: dict) -> None:
 
 
 def test_gzip_of_a_truncated_idx_file(tmp_path: Path, arrays: dict) -> None:
-    data.write_idx(tmp_path, arrays, compress=True)
+    write_idx(tmp_path, arrays, compress=True)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz: truncated"):
@@ -105,12 +105,12 @@ def test_gzip_of_a_truncated_idx_file(tmp_path: Path, arrays: dict) -> None:
 
 
 def test_missing_file_and_count_mismatch(tmp_path: Path, arrays: dict) -> None:
-    data.write_idx(tmp_path, arrays)
+    write_idx(tmp_path, arrays)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte"):
         data.load_mnist(tmp_path)
     arrays["train_labels"] = arrays["train_labels"][:-1]
-    data.write_idx(tmp_path, arrays)
+    write_idx(tmp_path, arrays)
     with pytest.raises(DataError, match="50 training images but 49 labels"):
         data.load_mnist(tmp_path)
     with pytest.raises(DataError, match="no such data directory"):
@@ -148,7 +148,7 @@ def test_bad_npz(tmp_path: Path, arrays: dict) -> None:
 
 
 def test_split_is_deterministic_disjoint_and_complete(tmp_path: Path, arrays: dict) -> None:
-    data.write_idx(tmp_path, arrays)
+    write_idx(tmp_path, arrays)
     mnist = data.load_mnist(tmp_path)
     first, again, other = (data.split(mnist, 10, seed) for seed in (5, 5, 6))
     np.testing.assert_array_equal(first.x_val, again.x_val)

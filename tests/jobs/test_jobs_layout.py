@@ -1,4 +1,7 @@
-"""The job's modules read top to bottom: config -> data -> search -> final fit -> export, no import back up.
+"""The import contracts in pyproject.toml ([tool.importlinter]) hold: the job's modules read top to bottom
+(config -> data -> search -> final fit -> export, no import back up or sideways), jobs and serving never
+import each other, modelrepo imports neither (nor TensorFlow). `.ci/run` runs the same check in its lint
+step; this test makes the default suite fail too.
 
 An import cycle once made ``python -m jobs.tune`` load ``jobs.tune`` twice, so the error raised by one
 copy was not the class the other caught (exit 1 and a traceback instead of 4).
@@ -6,83 +9,54 @@ copy was not the class the other caught (exit 1 and a traceback instead of 4).
 
 from __future__ import annotations
 
-import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.support import REPO
 
-JOBS = REPO / "jobs"
-
-# Lower layers never import higher ones; a module may import only from strictly lower layers.
-LAYERS: dict[str, int] = {
-    "jobs": 0,  # the empty package
-    "jobs.errors": 0,
-    "jobs.kt_compat": 1,
-    "jobs.distributed.roles": 1,
-    "jobs.distributed": 1,  # the package's __init__ (no imports)
-    "jobs.config": 2,
-    "jobs.augment": 2,  # keras only
-    "jobs.data": 3,
-    "jobs.runtime": 3,
-    "jobs.progress": 3,
-    "jobs.search_space": 3,
-    "jobs.pushmetrics": 3,
-    "jobs.report": 3,
-    "jobs.export": 3,
-    "jobs.tuners": 4,
-    "jobs.search": 5,
-    "jobs.final": 6,
-    "jobs.distributed.worker": 6,
-    "jobs.distributed.chief": 6,
-    "jobs.pipeline": 7,
-    "jobs.trial": 7,  # a Katib trial: the search's model and fit for one set of values
-    "jobs.promote": 8,  # publishes a trial's model (uses jobs.trial's build)
-    "jobs.cli": 8,
-    "jobs.tune": 9,
-    "jobs.__main__": 9,
-}
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the packages under ``root``, not an installed copy
+    command = [str(LINT_IMPORTS), "--no-cache"]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=90, check=False)
 
 
-def _imported(path: Path, name: str) -> set[str]:
-    """Every ``jobs.*`` module ``path`` imports, at the top, inside functions or under TYPE_CHECKING."""
-    found: set[str] = set()
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
-                base = base.rstrip(".")
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # "from jobs import tuners"
-    return {module for module in found if module in LAYERS}
+def test_every_import_contract_is_kept() -> None:
+    result = _lint_imports(REPO)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
 
 
-def test_every_job_module_has_a_layer() -> None:
-    modules = {_module_name(path) for path in JOBS.rglob("*.py")}
-    assert modules == set(LAYERS), f"add new modules to LAYERS: {sorted(modules ^ set(LAYERS))}"
+def test_an_upward_import_or_an_unplaced_module_breaks_the_contracts(tmp_path: Path) -> None:
+    # A copy of the packages with two violations: the contracts are not vacuous.
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("jobs", "serving", "modelrepo", "digits"):
+        subprocess.run(["cp", "-r", str(REPO / name), str(copy / name)], check=True)
+    (copy / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    with open(copy / "jobs" / "config.py", "a") as handle:
+        handle.write("\nimport jobs.tuners  # noqa: E402, F401  (config sits below tuners)\n")
+    (copy / "jobs" / "stray.py").write_text("")
+    result = _lint_imports(copy)
+    assert result.returncode == 1
+    assert "jobs.config -> jobs.tuners" in result.stdout
+    assert "- jobs.stray" in result.stdout  # exhaustive: every module needs a layer
 
 
-def test_no_module_imports_a_layer_above_or_beside_itself() -> None:
-    upward = []
-    for path in sorted(JOBS.rglob("*.py")):
-        name = _module_name(path)
-        for module in _imported(path, name):
-            if module != name and LAYERS[module] >= LAYERS[name] and not name.startswith(f"{module}."):
-                upward.append(f"{name} (layer {LAYERS[name]}) imports {module} (layer {LAYERS[module]})")
-    assert upward == []
+def test_every_job_logger_is_named_after_its_module() -> None:
+    # One rule: a log line's name says which module wrote it (``jobs.search``, ``jobs.distributed.chief``).
+    # Entry points run as ``python -m jobs.trial`` use ``__spec__.name``: the same name, where ``__name__``
+    # would be ``__main__``.
+    import ast
 
-
-def test_nothing_but_the_entry_points_imports_the_entry_points() -> None:
-    for path in sorted(JOBS.rglob("*.py")):
-        name = _module_name(path)
-        if name in ("jobs.tune", "jobs.__main__"):
-            continue
-        assert "jobs.tune" not in _imported(path, name), name
+    other = []
+    for path in sorted((REPO / "jobs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "getLogger":
+                if not (len(node.args) == 1 and ast.unparse(node.args[0]) in ("__name__", "__spec__.name")):
+                    other.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert other == []

@@ -79,11 +79,10 @@ def test_rerun_after_sigkill_mid_trial_finishes_the_same_search(tmp_path: Path, 
         assert (output / "tuner" / f"trial_{trial_id}" / "history.json").read_bytes() == history
 
     # The same search without interruption ends with as many trials.
-    uninterrupted = cfg.validate(
-        cfg.deep_merge(
-            cfg.preset_dict("smoke"),
-            tiny_config(tmp_path / "whole", synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
-        )
+    uninterrupted = cfg.load_config(
+        "smoke",
+        environ={},
+        cli=tiny_config(tmp_path / "whole", synthetic_dir, tuner=HYPERBAND, runtime={"tensorboard": False}),
     )
     whole = pipeline.run(uninterrupted)
     assert len(after) == whole.trials == hyperband_budget(3, 3, 1)[0] == 6
@@ -103,14 +102,13 @@ def _save_cut_short(trial, path: Path, error: type[Exception]) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tuner_state_survives_a_write_cut_short(tmp_path: Path) -> None:
     import keras_tuner as kt
     import tensorflow as tf
     from keras_tuner.src import utils as kt_utils
 
     from jobs import kt_compat
 
-    kt_compat.install_atomic_save_json()  # as building a tuner does
     hp = kt.HyperParameters()
     hp.Fixed("units", 512)
     trial = kt.engine.trial.Trial(hp.copy(), trial_id="7")
@@ -119,15 +117,17 @@ def test_tuner_state_survives_a_write_cut_short(tmp_path: Path, monkeypatch: pyt
 
     ours = tmp_path / "ours" / "trial.json"
     ours.parent.mkdir()
-    kt.engine.trial.Trial(hp, trial_id="7").save(str(ours))
-    before = ours.read_text()
-    _save_cut_short(trial, ours, OSError)
+    with kt_compat.patched():  # as the job runs
+        kt.engine.trial.Trial(hp, trial_id="7").save(str(ours))
+        before = ours.read_text()
+        _save_cut_short(trial, ours, OSError)
     assert ours.read_text() == before  # the previous state, whole
     assert kt.engine.trial.Trial.load(str(ours)).hyperparameters.values == {"units": 512}
     assert [path.name for path in ours.parent.iterdir()] == ["trial.json"]  # no temporary left
 
-    # Keras Tuner's own in-place writer, same cut: the file it leaves cannot be reloaded.
-    monkeypatch.setattr(kt_utils, "save_json", kt_compat.keras_tuner_save_json)
+    # Keras Tuner's own in-place writer (back once the job's patches are undone), same cut: the file it
+    # leaves cannot be reloaded.
+    assert kt_utils.save_json is not kt_compat.save_json_atomically
     theirs = tmp_path / "theirs" / "trial.json"
     theirs.parent.mkdir()
     kt.engine.trial.Trial(hp, trial_id="7").save(str(theirs))

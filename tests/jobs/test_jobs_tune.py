@@ -11,18 +11,18 @@ import pytest
 import modelrepo
 from jobs import config as cfg
 from jobs import pipeline
-from jobs.data import load_data
 from jobs.errors import ExportError, SearchError
 from jobs.progress import hyperband_budget
 from jobs.runtime import output_paths
 from jobs.search import build_tuner
 from jobs.search_space import MlpHyperModel
+from tests.support import free_port
 from tests.support.jobs import tiny_config
 from tests.support.mnist import synthetic_arrays
 
 
 def _config(tmp: Path, data_dir: Path, **sections: dict) -> cfg.JobConfig:
-    return cfg.validate(cfg.deep_merge(cfg.preset_dict("smoke"), tiny_config(tmp, data_dir, **sections)))
+    return cfg.load_config("smoke", environ={}, cli=tiny_config(tmp, data_dir, **sections))
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +95,15 @@ def test_crash_during_export_leaves_no_visible_version(smoke_run, monkeypatch: p
         raise OSError("disk full")
 
     monkeypatch.setattr(jobs.export, "write_saved_model", crash)
-    mnist, splits = load_data(config)
-    tuner = build_tuner(config, splits)  # reloads the finished search
+    run = pipeline.prepare(config)
+    tuner = build_tuner(config, run.splits, run.paths)  # reloads the finished search
     assert len(tuner.oracle.trials) == 2
     with pytest.raises(ExportError, match="disk full"):
-        pipeline.finalize(tuner, config, splits, mnist)
+        pipeline.finalize(tuner, run)
     model_dir = output_paths(config).models / "mnist"
     assert modelrepo.list_versions(model_dir.parent, "mnist") == [1]
     assert sorted(entry.name for entry in model_dir.iterdir()) == ["1"]  # no staging directory left
-    assert isinstance(mnist, data.Mnist)
+    assert isinstance(run.mnist, data.Mnist)
 
 
 @pytest.mark.parametrize(
@@ -170,3 +170,28 @@ def test_consecutive_failures_stop_the_search(
     trial_dirs = sorted(path.name for path in output_paths(config).tuner.glob("trial_*"))
     assert trial_dirs == ["trial_0", "trial_1"]  # stopped at the limit, no third trial
     assert not (output_paths(config).models).exists()
+
+
+def test_a_runtime_error_in_the_chiefs_final_fit_is_not_a_search_error(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A RuntimeError after the search (a GPU out of memory in the final fit, an I/O error surfacing as
+    # one) must reach the Job as a retryable failure, not as exit 4 (FailJob): only Keras Tuner's
+    # consecutive-failures condition is a fatal search error.
+    import jobs.final
+    from jobs.distributed.roles import Role
+
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "")  # restored (unset) afterwards: run_role exports the chief's role
+        monkeypatch.delenv(name)
+    config = _config(tmp_path, synthetic_dir, runtime={"tensorboard": False})
+    pipeline.run(config, tuner_id="chief")  # a finished search whose state is the chief's (chief.json)
+    monkeypatch.delenv("KERASTUNER_TUNER_ID")
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory")
+
+    monkeypatch.setattr(jobs.final, "final_model", out_of_memory)
+    chief = Role("chief", "chief", "127.0.0.1", free_port(), "environment")
+    with pytest.raises(RuntimeError, match="OUT_OF_MEMORY"):
+        pipeline.run_role(config, chief, export_again=True)  # the search is done: straight to the final fit

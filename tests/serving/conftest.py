@@ -16,7 +16,7 @@ from tests.support.serving import ServerThread, build_model, metadata, publish_c
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small learnable MNIST look-alike (``tests/support/mnist.py``) as real gzipped IDX files."""
-    from jobs.data import write_idx
+    from tests.support.mnist import write_idx
 
     directory = tmp_path_factory.mktemp("digits")
     write_idx(directory, synthetic_arrays(3000, 200), compress=True)

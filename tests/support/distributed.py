@@ -15,9 +15,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs import data
 from tests.support import REPO, free_port
-from tests.support.mnist import synthetic_arrays
+from tests.support.mnist import synthetic_arrays, write_idx
 
 PUSHGATEWAY = "prometheus-pushgateway"
 
@@ -64,7 +63,7 @@ def gateway_samples(address: str, job: str = "mnist_tune") -> dict[str, float]:
 
 def write_tiny_mnist(directory: Path, train: int = 600, test: int = 200, seed: int = 0) -> Path:
     """A small learnable MNIST (tests/support/mnist.py) as real IDX files."""
-    data.write_idx(directory, synthetic_arrays(train, test, seed))
+    write_idx(directory, synthetic_arrays(train, test, seed))
     return directory
 
 
