@@ -31,8 +31,11 @@ def json_reply(body: object, status: int = 200) -> Reply:
     return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status)
 
 
-async def send_reply(send: Send, reply: Reply) -> None:
+async def send_reply(send: Send, reply: Reply, close: bool = False) -> None:
+    """Send ``reply``; ``close``: end the connection after it (``connection: close``)."""
     headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 

@@ -16,6 +16,7 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from .http_protocol import HttpLimits, limited_protocol
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,15 @@ class HttpServer:
             log_config=None,  # keep the service's logging setup
             access_log=False,
             server_header=False,
+            http=limited_protocol(
+                HttpLimits(
+                    max_header_bytes=settings.http_max_header_bytes,
+                    max_headers=settings.http_max_headers,
+                    idle_seconds=settings.http_idle_timeout_seconds,
+                    header_seconds=settings.http_header_timeout_seconds,
+                )
+            ),
+            timeout_keep_alive=settings.http_idle_timeout_seconds,  # type: ignore[arg-type]
             timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
             **tls,
         )

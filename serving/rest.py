@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -36,17 +36,19 @@ import modelrepo
 
 from . import v2
 from .asgi import JSON_TYPE, Reply, json_reply, read_body, send_reply
-from .dataplane import SERVER_NAME, DataPlane, parse_version
-from .errors import OK, InvalidInput, ModelNotFound, classify
+from .dataplane import SERVER_NAME, SHUTTING_DOWN, DataPlane
+from .errors import OK, InvalidInput, ModelNotFound, ModelUnavailable, classify
 from .metrics import ServingMetrics
 from .tfs_servicer import OUTPUTS as TFS_OUTPUTS
 from .tfs_servicer import SIGNATURE_DEF_FIELD, resolve_model
-from .validation import check_range, check_shape
+from .validation import PIXELS, ROWS, check_range, check_shape
+from .wire import parse_version, shown
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 OK_CODE = OK.name  # the metrics' code label of a success (a property: looked up once)
+CANCELLED_CODE = "CANCELLED"  # the client went away: the gRPC servicers record the same
 # TF Serving REST: /v1/models/<name>[/versions/<n>][:predict]
 TFS_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>[A-Za-z]+))?$")
 # A handler gets the ASGI scope (path parameters in scope["path_params"]) and the request body; it
@@ -59,7 +61,26 @@ def json_response(body: object, status: int = 200) -> Response:
     return Response(json_reply(body).body, status, media_type=JSON_TYPE)
 
 
-def parse_json(body: bytes) -> dict:
+def json_budget(max_images: int) -> tuple[int, int, int]:
+    """The most arrays, objects and commas a JSON request of ``max_images`` images can need.
+
+    Nested ``[N, 28, 28]`` data has 1 + N + 28 N arrays and about 784 N commas; TF Serving's row form
+    adds one object per image; the rest of a request (names, shape, outputs, parameters) fits in the
+    slack. A body over any of these is refused before it is parsed: parsing costs CPU in proportion to
+    the values a body holds, on the event loop every request shares (16 MB of ``[],`` took 5 s).
+    """
+    return 1 + max_images * (1 + ROWS) + 256, max_images + 256, max_images * (PIXELS + ROWS + 1) + 1024
+
+
+def parse_json(body: bytes, max_images: int) -> dict:
+    arrays, objects, commas = json_budget(max_images)
+    # bytes.count is a C scan (~1 ms per MB); brackets inside strings count too, which only makes the
+    # budget stricter for requests whose strings are full of brackets (none of ours are).
+    if body.count(b"[") > arrays or body.count(b"{") > objects or body.count(b",") > commas:
+        raise InvalidInput(
+            f"the body holds more JSON values than {max_images} images (the per-request limit) can need "
+            f"(at most {arrays} arrays, {objects} objects, {commas} commas); refused before parsing"
+        )
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also invalid UTF-8, NaN literals, integers beyond 64 bits
@@ -109,33 +130,53 @@ class Endpoint:
     """
 
     def __init__(
-        self, method: str, handler: Handler, metrics: ServingMetrics, max_body_bytes: int | None
+        self,
+        method: str,
+        handler: Handler,
+        metrics: ServingMetrics,
+        max_body_bytes: int | None,
+        plane: DataPlane | None,
     ) -> None:
         self.method = method  # the metrics' method label
         self.handler = handler
         self.metrics = metrics
         self.inflight = metrics.inflight_by_protocol["http"]
         self.max_body_bytes = max_body_bytes  # None: a route without a body
+        self.plane = plane  # None: answers during shutdown too (health, readiness, the page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        plane = self.plane
+        admitted = plane is not None and plane.admit()
         self.inflight.inc()
         code = OK_CODE
+        reply: Reply | None = None
         try:
+            if plane is not None and not admitted:
+                raise ModelUnavailable(SHUTTING_DOWN)
             limit = self.max_body_bytes
             body = b"" if limit is None else await read_body(scope, receive, limit)
             result = await self.handler(scope, body)
             reply = result if isinstance(result, Reply) else json_reply(result)
+        except ClientDisconnect:  # gone mid-body (or sent a broken chunked body): nobody to answer
+            code = CANCELLED_CODE
+            log.info("%s (HTTP): the client went away before its request was read", self.method)
         except Exception as exc:
             status, message = classify(exc)
             if status.http_status == 500:
-                log.exception("%s (HTTP %s) failed", self.method, scope["path"])
+                log.exception("%s (HTTP %s) failed", self.method, shown(scope["path"]))
             code = status.name
             reply = json_reply({"error": message}, status.http_status)
         finally:
             self.inflight.dec()
         self.metrics.observe_request("http", self.method, code, time.perf_counter() - started)
-        await send_reply(send, reply)
+        try:
+            if reply is not None:
+                # While shutting down, ask keep-alive clients to reconnect (to another replica).
+                await send_reply(send, reply, close=plane is not None and plane.stopping)
+        finally:
+            if admitted:
+                plane.release()
 
 
 class RestApi:
@@ -149,8 +190,10 @@ class RestApi:
         page = (STATIC / "index.html").read_text().replace("{{DEFAULT_MODEL}}", plane.default_model)
         self._page = page.encode()
 
-    def _endpoint(self, method: str, handler: Handler, *, body: bool = False) -> Endpoint:
-        return Endpoint(method, handler, self.metrics, self.max_body_bytes if body else None)
+    def _endpoint(self, method: str, handler: Handler, *, body: bool = False, gated: bool = True) -> Endpoint:
+        """``gated``: refused (503) once shutdown begins; health and readiness are not."""
+        limit = self.max_body_bytes if body else None
+        return Endpoint(method, handler, self.metrics, limit, self.plane if gated else None)
 
     # ---- Open Inference Protocol v2 ----
     async def server_live(self, scope: Scope, body: bytes) -> object:
@@ -179,7 +222,10 @@ class RestApi:
 
     async def infer(self, scope: Scope, body: bytes) -> object:
         model = self._v2_model(scope)
-        payload = parse_json(body)
+        payload = parse_json(body, self.plane.max_images)
+        request_id = payload.get("id")
+        if "id" in payload and not isinstance(request_id, str):  # checked before any str() or inference
+            raise InvalidInput("'id' must be a string (the v2 protocol's request identifier)")
         inputs = payload.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise InvalidInput(f"'inputs' must be a list of exactly one tensor object, {v2.INPUT_NAME!r}")
@@ -202,8 +248,8 @@ class RestApi:
         probabilities, classes = await self.plane.predict(model, images)
         arrays = v2.output_arrays(probabilities, classes)
         response = {"model_name": model.name, "model_version": str(model.version)}
-        if "id" in payload:
-            response["id"] = str(payload["id"])
+        if request_id is not None:
+            response["id"] = request_id
         response["outputs"] = [
             {
                 "name": output,
@@ -220,19 +266,16 @@ class RestApi:
         """POST /v1/models/<name>[/versions/<n>]:predict -> (name, version)."""
         match = TFS_PATH.match(scope["path_params"]["target"])
         if match is None or match["verb"] is None:
-            raise ModelNotFound(f"no TF Serving REST resource at POST {scope['path']}")
+            raise ModelNotFound(f"no TF Serving REST resource at POST {shown(scope['path'])}")
         if match["verb"] != "predict":
-            raise InvalidInput(f"only :predict is served (got :{match['verb']})")
+            raise InvalidInput(f"only :predict is served (got :{shown(match['verb'])})")
         version = match["version"]
-        if version is not None and not (version.isdigit() and int(version) > 0):
-            raise InvalidInput(f"the version in the path must be a positive integer, got {version!r}")
-        return match["name"], int(version) if version else None
+        return match["name"], None if version is None else parse_version(version, "the version in the path")
 
     def _tfs_path_model(self, scope: Scope) -> tuple[str, int | None]:
         version = scope["path_params"].get("version")
-        if version is not None and not (version.isdigit() and int(version) > 0):
-            raise InvalidInput(f"the version in the path must be a positive integer, got {version!r}")
-        return scope["path_params"]["name"], int(version) if version else None
+        name = scope["path_params"]["name"]
+        return name, None if version is None else parse_version(version, "the version in the path")
 
     async def tfs_status(self, scope: Scope, body: bytes) -> object:
         name, version = self._tfs_path_model(scope)
@@ -264,7 +307,7 @@ class RestApi:
 
     async def tfs_predict(self, scope: Scope, body: bytes) -> object:
         name, version = self._tfs_target(scope)
-        payload = parse_json(body)
+        payload = parse_json(body, self.plane.max_images)
         signature = payload.get("signature_name", "")
         if not isinstance(signature, str):
             raise InvalidInput("'signature_name' must be a string")
@@ -284,7 +327,9 @@ class RestApi:
                 data = [item[modelrepo.INPUT_KEY] for item in data]
         elif isinstance(data, dict):
             if set(data) != {modelrepo.INPUT_KEY}:
-                raise InvalidInput(f"'inputs' names {sorted(data)}; expected [{modelrepo.INPUT_KEY!r}]")
+                raise InvalidInput(
+                    f"'inputs' names {shown(sorted(data))}; expected [{modelrepo.INPUT_KEY!r}]"
+                )
             data = data[modelrepo.INPUT_KEY]
         field = "instances" if row else "inputs"
         array = numeric_array(data, field)
@@ -342,18 +387,20 @@ def create_app(
     infer = e("v2.ModelInfer", api.infer, body=True)
     routes = [
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/", e("page", api.page), methods=["GET"]),
+        Route("/", e("page", api.page, gated=False), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        Route("/v2/health/live", e("v2.ServerLive", api.server_live), methods=["GET"]),
-        Route("/v2/health/ready", e("v2.ServerReady", api.server_ready), methods=["GET"]),
+        Route("/v2/health/live", e("v2.ServerLive", api.server_live, gated=False), methods=["GET"]),
+        Route("/v2/health/ready", e("v2.ServerReady", api.server_ready, gated=False), methods=["GET"]),
         Route("/v2", e("v2.ServerMetadata", api.server_metadata), methods=["GET"]),
         Route("/v2/models/{name}", e("v2.ModelMetadata", api.model_metadata), methods=["GET"]),
         Route(
             "/v2/models/{name}/versions/{version}", e("v2.ModelMetadata", api.model_metadata), methods=["GET"]
         ),
-        Route("/v2/models/{name}/ready", e("v2.ModelReady", api.model_ready), methods=["GET"]),
+        Route("/v2/models/{name}/ready", e("v2.ModelReady", api.model_ready, gated=False), methods=["GET"]),
         Route(
-            "/v2/models/{name}/versions/{version}/ready", e("v2.ModelReady", api.model_ready), methods=["GET"]
+            "/v2/models/{name}/versions/{version}/ready",
+            e("v2.ModelReady", api.model_ready, gated=False),
+            methods=["GET"],
         ),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/v1/models/{name}", e("tfs.GetModelStatus", api.tfs_status), methods=["GET"]),

@@ -47,6 +47,7 @@ DIGITS_SERVICE = digits_pb2.DESCRIPTOR.services_by_name["DigitClassifier"]
 TFS_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 V2_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+V2_STATUS_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})  # answer during shutdown too
 LIVENESS_SERVICE = "liveness"  # SERVING while the process answers (Kubernetes liveness probe)
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -72,12 +73,7 @@ class PredictionServer:
         self.health = health_aio.HealthServicer()
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self._poller: asyncio.Task | None = None
-        options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
-        ]
-        self.grpc_server = grpc.aio.server(options=options)
+        self.grpc_server = grpc.aio.server(options=grpc_options(settings))
         self.plane = DataPlane(
             self.store, self.batcher, settings.default_model, settings.max_images_per_request
         )
@@ -93,6 +89,7 @@ class PredictionServer:
                         "GetModelMetadata": ("GetModelMetadata", digits.GetModelMetadata),
                     },
                     self.metrics,
+                    self.plane,
                 ),
                 service_handler(
                     TFS_SERVICE,
@@ -101,11 +98,14 @@ class PredictionServer:
                         "GetModelMetadata": ("tfs.GetModelMetadata", tfs.GetModelMetadata),
                     },
                     self.metrics,
+                    self.plane,
                 ),
                 service_handler(
                     V2_SERVICE,
                     {name: (f"v2.{name}", getattr(v2, name)) for name in V2_METHODS},
                     self.metrics,
+                    self.plane,
+                    ungated=V2_STATUS_METHODS,
                 ),
                 *extra_handlers,
             ]
@@ -185,18 +185,49 @@ class PredictionServer:
             await self.health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace`` seconds, then stop."""
+        """Shut down in order, within ``grace`` seconds (default: the grace_seconds setting).
+
+        NOT_SERVING at once; new requests get UNAVAILABLE (HTTP 503) on both ports while every request
+        taken in before finishes, and until no new request came for ``shutdown_quiet_seconds``; only
+        then the ports close. (A call the gRPC core holds but has not handed to us when it stops is
+        CANCELLED by the core: the quiet wait is what keeps that from happening to clients that back
+        off when told UNAVAILABLE.)
+        """
+        grace = self.settings.grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self.health.enter_graceful_shutdown()
-        self.plane.stopping = True  # v2 ready endpoints answer false from now on
         if self._poller is not None:
             self._poller.cancel()
-        self.batcher.drain()
-        await asyncio.gather(self.grpc_server.stop(grace), self.http.stop())
+        self.batcher.drain()  # partial batches stop waiting to fill
+        if not await self.plane.drain(
+            grace, self.settings.shutdown_quiet_seconds
+        ):  # v2 ready endpoints answer false from now on
+            log.warning("requests still running after the %.1f s grace period", grace)
+        remaining = max(0.0, deadline - loop.time())
+        await asyncio.gather(self.grpc_server.stop(remaining), self.http.stop())
         await self.batcher.close()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._loader.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core channel arguments: message limits and the connection limits of the settings."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
+        # A connection that has not finished its HTTP/2 (and TLS) handshake in time is closed.
+        ("grpc.server_handshake_timeout_ms", round(settings.grpc_handshake_timeout_seconds * 1000)),
+        # A connection with no call on it for this long gets GOAWAY and is closed.
+        ("grpc.max_connection_idle_ms", round(settings.grpc_idle_timeout_seconds * 1000)),
+        # Ping each client this often and drop it if the ping is not answered: finds dead peers.
+        ("grpc.keepalive_time_ms", round(settings.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", round(settings.grpc_keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 def create_server(

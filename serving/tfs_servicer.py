@@ -22,6 +22,7 @@ from .dataplane import DataPlane
 from .errors import InvalidInput
 from .model_store import LoadedModel
 from .validation import PIXELS, check_range, check_shape
+from .wire import shown
 
 OUTPUTS = (modelrepo.OUTPUT_PROBABILITIES, modelrepo.OUTPUT_CLASSES)
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -35,7 +36,9 @@ class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceService
 
     def _model(self, spec: model_pb2.ModelSpec) -> LoadedModel:
         if spec.WhichOneof("version_choice") == "version_label":
-            raise InvalidInput(f"version labels are not supported (got {spec.version_label!r}); use version")
+            raise InvalidInput(
+                f"version labels are not supported (got {shown(spec.version_label)}); use version"
+            )
         version = spec.version.value if spec.HasField("version") else None
         return resolve_model(self._plane, spec.name, version, spec.signature_name)
 
@@ -45,12 +48,14 @@ class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceService
         model = self._model(request.model_spec)
         if list(request.inputs) != [modelrepo.INPUT_KEY]:
             raise InvalidInput(
-                f"inputs are {sorted(request.inputs)}; expected exactly [{modelrepo.INPUT_KEY!r}]"
+                f"inputs are {shown(sorted(request.inputs))}; expected exactly [{modelrepo.INPUT_KEY!r}]"
             )
         wanted = list(request.output_filter) or list(OUTPUTS)
         unknown = sorted(set(wanted) - set(OUTPUTS))
         if unknown:
-            raise InvalidInput(f"output_filter names unknown outputs {unknown}; outputs are {list(OUTPUTS)}")
+            raise InvalidInput(
+                f"output_filter names unknown outputs {shown(unknown)}; outputs are {list(OUTPUTS)}"
+            )
         images = self._images(request.inputs[modelrepo.INPUT_KEY])
         probabilities, classes = await self._plane.predict(model, images)
         response = predict_pb2.PredictResponse()
@@ -101,7 +106,7 @@ class TfsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceService
         fields = list(request.metadata_field)
         if fields != [SIGNATURE_DEF_FIELD]:
             raise InvalidInput(
-                f"metadata_field is {fields}; the only supported field is [{SIGNATURE_DEF_FIELD!r}]"
+                f"metadata_field is {shown(fields)}; the only supported field is [{SIGNATURE_DEF_FIELD!r}]"
             )
         model = self._model(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -119,7 +124,7 @@ def resolve_model(plane: DataPlane, name: str, version: int | None, signature_na
         raise InvalidInput(f"model_spec.version must be positive, got {version}")
     if signature_name not in ("", modelrepo.SIGNATURE_NAME):
         raise InvalidInput(
-            f"signature {signature_name!r} not found; the only signature is {modelrepo.SIGNATURE_NAME!r}"
+            f"signature {shown(signature_name)} not found; the only signature is {modelrepo.SIGNATURE_NAME!r}"
         )
     return plane.model(name, version)
 

@@ -18,6 +18,7 @@ import modelrepo
 from .errors import InvalidInput
 from .model_store import LoadedModel
 from .validation import COLS, PIXELS, ROWS, check_count, check_range
+from .wire import shown
 
 INPUT_NAME = modelrepo.INPUT_KEY
 NUM_CLASSES = modelrepo.NUM_CLASSES
@@ -37,15 +38,15 @@ def server_version() -> str:
 def check_input_header(name: str, datatype: str, shape: Sequence[int], max_images: int) -> int:
     """Validate an input tensor's name, datatype and shape; returns N."""
     if name != INPUT_NAME:
-        raise InvalidInput(f"input {name!r} is unknown; the model has one input, {INPUT_NAME!r}")
+        raise InvalidInput(f"input {shown(name)} is unknown; the model has one input, {INPUT_NAME!r}")
     if datatype not in INPUT_DATATYPES:
         raise InvalidInput(
-            f"input {INPUT_NAME!r} has datatype {datatype!r}; expected one of {sorted(INPUT_DATATYPES)}"
+            f"input {INPUT_NAME!r} has datatype {shown(datatype)}; expected one of {sorted(INPUT_DATATYPES)}"
         )
     shape = list(shape)
     if not (len(shape) == 3 and shape[1:] == [ROWS, COLS]) and not (len(shape) == 2 and shape[1] == PIXELS):
         raise InvalidInput(
-            f"input {INPUT_NAME!r} has shape {shape}; expected [N, {ROWS}, {COLS}] or [N, {PIXELS}]"
+            f"input {INPUT_NAME!r} has shape {shown(shape)}; expected [N, {ROWS}, {COLS}] or [N, {PIXELS}]"
         )
     check_count(shape[0], max_images)
     return shape[0]
@@ -84,7 +85,9 @@ def requested_outputs(names: Sequence[str]) -> list[str]:
         return list(OUTPUT_NAMES)
     unknown = sorted(set(names) - set(OUTPUT_NAMES))
     if unknown:
-        raise InvalidInput(f"requested outputs {unknown} are unknown; outputs are {list(OUTPUT_NAMES)}")
+        raise InvalidInput(
+            f"requested outputs {shown(unknown)} are unknown; outputs are {list(OUTPUT_NAMES)}"
+        )
     return [name for name in OUTPUT_NAMES if name in names]
 
 

@@ -13,8 +13,9 @@ import numpy as np
 from digits.inference import grpc_predict_v2_pb2 as pb
 
 from . import v2
-from .dataplane import SERVER_NAME, DataPlane, parse_version
+from .dataplane import SERVER_NAME, DataPlane
 from .errors import InvalidInput
+from .wire import parse_version
 
 
 class V2Servicer:
