@@ -348,7 +348,8 @@ class RestApi:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Unknown paths and methods answer JSON too (never Starlette's plain-text pages)."""
-    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+    path = shown(request.url.path)  # the path is the client's: echo a bounded excerpt
+    return json_response({"error": f"{exc.detail}: {request.method} {path}"}, exc.status_code)
 
 
 class HttpApp:
