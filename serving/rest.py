@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
-import orjson
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,13 +34,14 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 import modelrepo
 
 from . import v2
-from .asgi import JSON_TYPE, Reply, json_reply, read_body, send_reply
+from .asgi import JSON_TYPE, Reply, header, json_reply, read_body, send_reply
 from .dataplane import SERVER_NAME, SHUTTING_DOWN, DataPlane
 from .errors import OK, InvalidInput, ModelNotFound, ModelUnavailable, classify
+from .jsonbody import numeric_array, parse_json
 from .metrics import ServingMetrics
 from .tfs_servicer import OUTPUTS as TFS_OUTPUTS
 from .tfs_servicer import SIGNATURE_DEF_FIELD, resolve_model
-from .validation import PIXELS, ROWS, check_range, check_shape
+from .validation import check_range, check_shape
 from .wire import parse_version, shown
 
 log = logging.getLogger(__name__)
@@ -59,67 +59,6 @@ Handler = Callable[[Scope, bytes], Awaitable[object]]
 def json_response(body: object, status: int = 200) -> Response:
     """:func:`json_reply`'s JSON as a Starlette response (for Starlette's own 404/405 handler)."""
     return Response(json_reply(body).body, status, media_type=JSON_TYPE)
-
-
-def json_budget(max_images: int) -> tuple[int, int, int]:
-    """The most arrays, objects and commas a JSON request of ``max_images`` images can need.
-
-    Nested ``[N, 28, 28]`` data has 1 + N + 28 N arrays and about 784 N commas; TF Serving's row form
-    adds one object per image; the rest of a request (names, shape, outputs, parameters) fits in the
-    slack. A body over any of these is refused before it is parsed: parsing costs CPU in proportion to
-    the values a body holds, on the event loop every request shares (16 MB of ``[],`` took 5 s).
-    """
-    return 1 + max_images * (1 + ROWS) + 256, max_images + 256, max_images * (PIXELS + ROWS + 1) + 1024
-
-
-def parse_json(body: bytes, max_images: int) -> dict:
-    arrays, objects, commas = json_budget(max_images)
-    # bytes.count is a C scan (~1 ms per MB); brackets inside strings count too, which only makes the
-    # budget stricter for requests whose strings are full of brackets (none of ours are).
-    if body.count(b"[") > arrays or body.count(b"{") > objects or body.count(b",") > commas:
-        raise InvalidInput(
-            f"the body holds more JSON values than {max_images} images (the per-request limit) can need "
-            f"(at most {arrays} arrays, {objects} objects, {commas} commas); refused before parsing"
-        )
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:  # also invalid UTF-8, NaN literals, integers beyond 64 bits
-        raise InvalidInput(f"the body is not valid JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"the body must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def numeric_array(data: object, field: str) -> np.ndarray:
-    """A JSON list of numbers (nested or flat) -> ndarray; strings, booleans, nulls, ragged lists are 400."""
-    pixels = whole_pixels(data)
-    if pixels is not None:
-        return pixels
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{field} must be a list of numbers with a regular (non-ragged) shape") from None
-    if array.dtype.kind not in "iuf":
-        raise InvalidInput(f"{field} must hold only numbers (no strings, booleans, nulls or ragged lists)")
-    return array
-
-
-def whole_pixels(data: object) -> np.ndarray | None:
-    """The usual payload, a flat list of integers 0..255, as uint8; None for anything else.
-
-    ``bytearray`` checks in C that every item is an integer in range(256): ~3 us for one image, where
-    ``np.asarray`` needs ~25 us to find out that the list holds integers. Anything else (fractions,
-    nesting, values out of range, strings, nulls) fails it and takes the general path, which accepts
-    and refuses exactly what it did before.
-    """
-    # A list that starts with an int (not a bool): np.asarray would make it an integer array too, while
-    # it refuses a list of booleans alone.
-    if type(data) is not list or not data or type(data[0]) is not int:
-        return None
-    try:
-        return np.frombuffer(bytearray(data), np.uint8)
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 class Endpoint:
@@ -204,7 +143,7 @@ class RestApi:
         return json_reply({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, scope: Scope, body: bytes) -> object:
-        return {"name": SERVER_NAME, "version": v2.server_version(), "extensions": []}
+        return {"name": SERVER_NAME, "version": v2.server_version(), "extensions": v2.EXTENSIONS}
 
     def _v2_model(self, scope: Scope):
         params = scope["path_params"]
@@ -222,44 +161,20 @@ class RestApi:
 
     async def infer(self, scope: Scope, body: bytes) -> object:
         model = self._v2_model(scope)
-        payload = parse_json(body, self.plane.max_images)
-        request_id = payload.get("id")
-        if "id" in payload and not isinstance(request_id, str):  # checked before any str() or inference
-            raise InvalidInput("'id' must be a string (the v2 protocol's request identifier)")
-        inputs = payload.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise InvalidInput(f"'inputs' must be a list of exactly one tensor object, {v2.INPUT_NAME!r}")
-        tensor = inputs[0]
-        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-        if not isinstance(name, str) or not isinstance(datatype, str):
-            raise InvalidInput("the input tensor needs a string 'name' and a string 'datatype'")
-        if not isinstance(shape, list) or not all(type(dim) is int for dim in shape):
-            raise InvalidInput("the input tensor's 'shape' must be a list of integers")
-        if "data" not in tensor:
-            raise InvalidInput("the input tensor has no 'data' (the binary-data extension is not supported)")
-        count = v2.check_input_header(name, datatype, shape, self.plane.max_images)
-        images = v2.images_from_array(numeric_array(tensor["data"], "data"), datatype, count, "data")
-        outputs = payload.get("outputs", [])
-        if not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
-        ):
-            raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
-        wanted = v2.requested_outputs([o["name"] for o in outputs])
-        probabilities, classes = await self.plane.predict(model, images)
-        arrays = v2.output_arrays(probabilities, classes)
-        response = {"model_name": model.name, "model_version": str(model.version)}
-        if request_id is not None:
-            response["id"] = request_id
-        response["outputs"] = [
-            {
-                "name": output,
-                "datatype": v2.OUTPUT_DATATYPES[output],
-                "shape": list(arrays[output].shape),
-                "data": arrays[output].ravel(),
-            }
-            for output in wanted
-        ]
-        return response
+        text, binary = v2.split_binary_body(body, header(scope, v2.BINARY_HEADER))
+        request = v2.rest_infer_request(
+            parse_json(text, self.plane.max_images), binary, self.plane.max_images
+        )
+        probabilities, classes = await self.plane.predict(model, request.images)
+        response, blobs = v2.rest_infer_response(model, request, probabilities, classes)
+        if not blobs:
+            return json_reply(response)
+        head = json_reply(response).body
+        return Reply(
+            b"".join([head, *blobs]),
+            content_type=b"application/octet-stream",
+            headers=((v2.BINARY_HEADER, b"%d" % len(head)),),
+        )
 
     # ---- TensorFlow Serving REST ----
     def _tfs_target(self, scope: Scope) -> tuple[str, int | None]:

@@ -33,7 +33,9 @@ class V2Servicer:
         return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, version))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=v2.server_version(), extensions=[])
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=v2.server_version(), extensions=v2.EXTENSIONS
+        )
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
         model = self._plane.model(request.name, parse_version(request.version, "version"))
@@ -84,9 +86,7 @@ class V2Servicer:
             array = arrays[name]
             output = response.outputs.add(name=name, datatype=v2.OUTPUT_DATATYPES[name], shape=array.shape)
             if binary:
-                response.raw_output_contents.append(
-                    array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-                )
+                response.raw_output_contents.append(v2.little_endian_bytes(array))
             elif array.dtype == np.float32:
                 output.contents.fp32_contents.extend(array.ravel().tolist())
             else:
