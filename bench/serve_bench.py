@@ -142,7 +142,7 @@ async def _serve(model_root: str, port: int, http_port: int, metrics_port: int) 
         metrics_host="127.0.0.1",
         metrics_port=metrics_port,
     )
-    server, _ = create_server(settings, extra_handlers=[handler])
+    server = create_server(settings, extra_handlers=[handler])
     await server.start()
     await asyncio.Event().wait()
 
