@@ -14,108 +14,34 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import numpy as np
-from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
-from tensorflow_serving.apis import get_model_metadata_pb2
 
-import modelrepo
-
-from . import v2
-from .asgi import JSON_TYPE, Reply, header, json_reply, read_body, send_reply
-from .dataplane import SERVER_NAME, SHUTTING_DOWN, DataPlane
-from .errors import OK, InvalidInput, ModelNotFound, ModelUnavailable, classify
-from .jsonbody import numeric_array, parse_json
+from . import tfs, v2
+from .asgi import JSON_TYPE, Reply, header, json_reply
+from .dataplane import SERVER_NAME, DataPlane
+from .endpoint import Endpoint, Handler
+from .jsonbody import parse_json
 from .metrics import ServingMetrics
-from .tfs_servicer import OUTPUTS as TFS_OUTPUTS
-from .tfs_servicer import SIGNATURE_DEF_FIELD, resolve_model
-from .validation import check_range, check_shape
 from .wire import parse_version, shown
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-OK_CODE = OK.name  # the metrics' code label of a success (a property: looked up once)
-CANCELLED_CODE = "CANCELLED"  # the client went away: the gRPC servicers record the same
-# TF Serving REST: /v1/models/<name>[/versions/<n>][:predict]
-TFS_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>[A-Za-z]+))?$")
-# A handler gets the ASGI scope (path parameters in scope["path_params"]) and the request body; it
-# returns a Reply or a JSON-serialisable object (sent as 200).
-Handler = Callable[[Scope, bytes], Awaitable[object]]
 
 
 def json_response(body: object, status: int = 200) -> Response:
     """:func:`json_reply`'s JSON as a Starlette response (for Starlette's own 404/405 handler)."""
     return Response(json_reply(body).body, status, media_type=JSON_TYPE)
-
-
-class Endpoint:
-    """One route's ASGI endpoint: reads the body, runs the handler, applies the status table, records
-    the metrics, sends the answer (the cross-cutting part, in one place for every route).
-
-    A class instance rather than a function, so Starlette's ``Route`` passes it requests as they are.
-    """
-
-    def __init__(
-        self,
-        method: str,
-        handler: Handler,
-        metrics: ServingMetrics,
-        max_body_bytes: int | None,
-        plane: DataPlane | None,
-    ) -> None:
-        self.method = method  # the metrics' method label
-        self.handler = handler
-        self.metrics = metrics
-        self.inflight = metrics.inflight_by_protocol["http"]
-        self.max_body_bytes = max_body_bytes  # None: a route without a body
-        self.plane = plane  # None: answers during shutdown too (health, readiness, the page)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        plane = self.plane
-        admitted = plane is not None and plane.admit()
-        self.inflight.inc()
-        code = OK_CODE
-        reply: Reply | None = None
-        try:
-            if plane is not None and not admitted:
-                raise ModelUnavailable(SHUTTING_DOWN)
-            limit = self.max_body_bytes
-            body = b"" if limit is None else await read_body(scope, receive, limit)
-            result = await self.handler(scope, body)
-            reply = result if isinstance(result, Reply) else json_reply(result)
-        except ClientDisconnect:  # gone mid-body (or sent a broken chunked body): nobody to answer
-            code = CANCELLED_CODE
-            log.info("%s (HTTP): the client went away before its request was read", self.method)
-        except Exception as exc:
-            status, message = classify(exc)
-            if status.http_status == 500:
-                log.exception("%s (HTTP %s) failed", self.method, shown(scope["path"]))
-            code = status.name
-            reply = json_reply({"error": message}, status.http_status)
-        finally:
-            self.inflight.dec()
-        self.metrics.observe_request("http", self.method, code, time.perf_counter() - started)
-        try:
-            if reply is not None:
-                # While shutting down, ask keep-alive clients to reconnect (to another replica).
-                await send_reply(send, reply, close=plane is not None and plane.stopping)
-        finally:
-            if admitted:
-                plane.release()
 
 
 class RestApi:
@@ -176,85 +102,29 @@ class RestApi:
             headers=((v2.BINARY_HEADER, b"%d" % len(head)),),
         )
 
-    # ---- TensorFlow Serving REST ----
-    def _tfs_target(self, scope: Scope) -> tuple[str, int | None]:
-        """POST /v1/models/<name>[/versions/<n>]:predict -> (name, version)."""
-        match = TFS_PATH.match(scope["path_params"]["target"])
-        if match is None or match["verb"] is None:
-            raise ModelNotFound(f"no TF Serving REST resource at POST {shown(scope['path'])}")
-        if match["verb"] != "predict":
-            raise InvalidInput(f"only :predict is served (got :{shown(match['verb'])})")
-        version = match["version"]
-        return match["name"], None if version is None else parse_version(version, "the version in the path")
-
+    # ---- TensorFlow Serving REST (codec: serving/tfs.py) ----
     def _tfs_path_model(self, scope: Scope) -> tuple[str, int | None]:
-        version = scope["path_params"].get("version")
-        name = scope["path_params"]["name"]
-        return name, None if version is None else parse_version(version, "the version in the path")
+        params = scope["path_params"]
+        return params["name"], tfs.rest_path_version(params.get("version"))
 
     async def tfs_status(self, scope: Scope, body: bytes) -> object:
         name, version = self._tfs_path_model(scope)
         loaded = [self.plane.model(name, version)] if version else self.plane.versions(name)
         if not loaded:
             loaded = [self.plane.model(name)]  # raises the right error (unavailable or not found)
-        return {
-            "model_version_status": [
-                {
-                    "version": str(model.version),
-                    "state": "AVAILABLE",
-                    "status": {"error_code": "OK", "error_message": ""},
-                }
-                for model in loaded
-            ]
-        }
+        return tfs.rest_status(loaded)
 
     async def tfs_metadata(self, scope: Scope, body: bytes) -> object:
         name, version = self._tfs_path_model(scope)
-        model = resolve_model(self.plane, name, version, "")
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        signatures.signature_def[modelrepo.SIGNATURE_NAME].CopyFrom(model.signature_def)
-        return {
-            "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-            "metadata": {
-                SIGNATURE_DEF_FIELD: json_format.MessageToDict(signatures, preserving_proto_field_name=True)
-            },
-        }
+        return tfs.rest_metadata(tfs.resolve_model(self.plane, name, version, ""))
 
     async def tfs_predict(self, scope: Scope, body: bytes) -> object:
-        name, version = self._tfs_target(scope)
+        name, version = tfs.rest_target(scope["path_params"]["target"], scope["path"])
         payload = parse_json(body, self.plane.max_images)
-        signature = payload.get("signature_name", "")
-        if not isinstance(signature, str):
-            raise InvalidInput("'signature_name' must be a string")
-        model = resolve_model(self.plane, name, version, signature)
-        if ("instances" in payload) == ("inputs" in payload):
-            raise InvalidInput("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
-        row = "instances" in payload
-        data = payload["instances"] if row else payload["inputs"]
-        if row:
-            if not isinstance(data, list):
-                raise InvalidInput("'instances' must be a list")
-            if data and all(isinstance(item, dict) for item in data):
-                if any(set(item) != {modelrepo.INPUT_KEY} for item in data):
-                    raise InvalidInput(
-                        f"each instance object must have exactly one key, {modelrepo.INPUT_KEY!r}"
-                    )
-                data = [item[modelrepo.INPUT_KEY] for item in data]
-        elif isinstance(data, dict):
-            if set(data) != {modelrepo.INPUT_KEY}:
-                raise InvalidInput(
-                    f"'inputs' names {shown(sorted(data))}; expected [{modelrepo.INPUT_KEY!r}]"
-                )
-            data = data[modelrepo.INPUT_KEY]
-        field = "instances" if row else "inputs"
-        array = numeric_array(data, field)
-        check_shape(list(array.shape), self.plane.max_images, field)
-        images = check_range(array.astype(np.float32, copy=False), field)
+        model = tfs.resolve_model(self.plane, name, version, tfs.rest_signature(payload))
+        images, row = tfs.rest_predict_images(payload, self.plane.max_images)
         probabilities, classes = await self.plane.predict(model, images)
-        arrays = v2.output_arrays(probabilities, classes)  # keyed by output name, as TF Serving's
-        if row:
-            return {"predictions": [{key: arrays[key][i] for key in TFS_OUTPUTS} for i in range(len(images))]}
-        return {"outputs": {key: arrays[key] for key in TFS_OUTPUTS}}
+        return tfs.rest_predict_response(probabilities, classes, row)
 
     # ---- the drawing page ----
     async def page(self, scope: Scope, body: bytes) -> object:

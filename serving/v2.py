@@ -17,6 +17,7 @@ from importlib import metadata as package_metadata
 import numpy as np
 
 import modelrepo
+from digits.inference import grpc_predict_v2_pb2 as pb
 
 from .errors import InvalidInput
 from .jsonbody import numeric_array
@@ -234,3 +235,59 @@ def rest_infer_response(
 
 def little_endian_bytes(array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+# ---- gRPC ----
+@dataclass(slots=True)
+class GrpcInfer:
+    """A decoded v2 gRPC ModelInfer request."""
+
+    images: np.ndarray  # float32 [N, 28, 28]
+    outputs: list[str]  # in model order
+    binary: bool  # answer in raw_output_contents
+
+
+def grpc_infer_request(request: pb.ModelInferRequest, max_images: int) -> GrpcInfer:
+    """Inputs from typed ``contents`` or ``raw_input_contents``; raw input (or an output asking for
+    ``binary_data``) gets raw outputs, as Triton answers its clients."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"the request has {len(request.inputs)} inputs; send one, {INPUT_NAME!r}")
+    tensor = request.inputs[0]
+    count = check_input_header(tensor.name, tensor.datatype, tensor.shape, max_images)
+    raw = len(request.raw_input_contents) > 0
+    if raw:
+        if len(request.raw_input_contents) != 1 or tensor.HasField("contents"):
+            raise InvalidInput("raw_input_contents needs exactly one entry per input, and then no contents")
+        images = images_from_raw(
+            request.raw_input_contents[0], tensor.datatype, count, "raw_input_contents[0]"
+        )
+    elif tensor.datatype == "FP32":
+        values = np.asarray(tensor.contents.fp32_contents, np.float32)
+        images = images_from_array(values, "FP32", count, "contents.fp32_contents")
+    else:
+        values = np.asarray(tensor.contents.uint_contents, np.int64)
+        images = images_from_array(values, "UINT8", count, "contents.uint_contents")
+    wanted = requested_outputs([output.name for output in request.outputs])
+    binary = raw or any(
+        output.parameters["binary_data"].bool_param
+        for output in request.outputs
+        if "binary_data" in output.parameters
+    )
+    return GrpcInfer(images, wanted, binary)
+
+
+def grpc_infer_response(
+    model: LoadedModel, request_id: str, request: GrpcInfer, probabilities: np.ndarray, classes: np.ndarray
+) -> pb.ModelInferResponse:
+    arrays = output_arrays(probabilities, classes)
+    response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request_id)
+    for name in request.outputs:
+        array = arrays[name]
+        output = response.outputs.add(name=name, datatype=OUTPUT_DATATYPES[name], shape=array.shape)
+        if request.binary:
+            response.raw_output_contents.append(little_endian_bytes(array))
+        elif array.dtype == np.float32:
+            output.contents.fp32_contents.extend(array.ravel().tolist())
+        else:
+            output.contents.int64_contents.extend(array.ravel().tolist())
+    return response

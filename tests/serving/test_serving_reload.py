@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ class Load:
 
     def _run(self) -> None:
         stub = digits_pb2_grpc.DigitClassifierStub(self._channel)
+        backoff = 0.0
         while not self._stop.is_set():
             try:
                 key = ("OK", stub.Predict(self._request, timeout=30).model_version)
@@ -51,6 +53,10 @@ class Load:
                 key = (exc.code().name, None)
             with self._lock:
                 self.results[key] += 1
+            # Back off after a refusal, as gRPC's retry policy does: the server closes its port once
+            # the clients it refused went quiet (shutdown_quiet_seconds).
+            backoff = 0.0 if key[0] == "OK" else min(2 * backoff or 0.05, 1.0)
+            time.sleep(backoff * random.uniform(0.5, 1.5))  # jittered, as gRPC's retry backoff
 
     def stop(self) -> Counter:
         self._stop.set()
@@ -183,7 +189,10 @@ def test_sigterm_finishes_inflight_requests(exported, tmp_path):
         results = load.stop()
         channel.close()
         assert results[("OK", 1)] > 0
-        assert set(results) <= {("OK", 1), ("UNAVAILABLE", None)}, results
+        # A call sent after the signal that meets the gRPC core's shutdown GOAWAY in flight (one round
+        # trip) is CANCELLED by the core, never by us: rare, bounded (docs/serving.md, Operations).
+        assert results[("CANCELLED", None)] <= 1, results
+        assert set(results) <= {("OK", 1), ("UNAVAILABLE", None), ("CANCELLED", None)}, results
     finally:
         if process.poll() is None:
             process.kill()
@@ -238,7 +247,7 @@ class MixedLoad:
                     outcome = exc.code().name
                 self._record(started, "grpc", outcome)
                 backoff = 0.0 if outcome == "OK" else min(2 * backoff or 0.05, 1.0)
-                time.sleep(backoff)  # as gRPC's retry policy backs off
+                time.sleep(backoff * random.uniform(0.5, 1.5))  # jittered, as gRPC's retry policy
 
     def _http(self) -> None:
         connection, backoff = None, 0.0
@@ -260,7 +269,7 @@ class MixedLoad:
                 connection = None
             self._record(started, "http", outcome)
             backoff = 0.0 if outcome == "200" else min(2 * backoff or 0.05, 1.0)
-            time.sleep(backoff)
+            time.sleep(backoff * random.uniform(0.5, 1.5))
 
     def stop(self) -> list[tuple[float, float, str, str]]:
         self._stop.set()
@@ -302,5 +311,9 @@ def test_sigterm_under_mixed_load_cancels_nothing_it_received(exported, tmp_path
     early = Counter((p, o) for started, _, p, o in records if started < signalled - 0.25)
     assert set(early) <= {("grpc", "OK"), ("http", "200")}, early
     allowed = {("grpc", "OK"), ("grpc", "UNAVAILABLE"), ("http", "200"), ("http", "503"), ("http", "refused")}
-    assert set(before + after) <= allowed, (before, after)
+    assert set(before) <= allowed, before
+    # Sent after the signal: UNAVAILABLE / 503 / refused, except a call that meets the gRPC core's
+    # shutdown GOAWAY in flight (one round trip), which the core CANCELs: rare, bounded.
+    assert after[("grpc", "CANCELLED")] <= 1, after
+    assert set(after) <= allowed | {("grpc", "CANCELLED")}, after
     assert "server stopped" in output and "Traceback" not in output, output[-3000:]
