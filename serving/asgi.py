@@ -23,6 +23,7 @@ class Reply(NamedTuple):
     body: bytes
     status: int = 200
     content_type: bytes = JSON_TYPE.encode()
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # more response headers (lower-case names)
 
 
 def json_reply(body: object, status: int = 200) -> Reply:
@@ -31,8 +32,12 @@ def json_reply(body: object, status: int = 200) -> Reply:
     return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status)
 
 
-async def send_reply(send: Send, reply: Reply) -> None:
+async def send_reply(send: Send, reply: Reply, close: bool = False) -> None:
+    """Send ``reply``; ``close``: end the connection after it (``connection: close``)."""
     headers = [(b"content-type", reply.content_type), (b"content-length", b"%d" % len(reply.body))]
+    headers.extend(reply.headers)
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 

@@ -7,13 +7,17 @@ ready and how images reach the model is decided here, once (as KServe's ``DataPl
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import numpy as np
 
 from .batcher import Batcher
-from .errors import InvalidInput, ModelNotFound, ModelUnavailable
+from .errors import ModelNotFound, ModelUnavailable
 from .model_store import LoadedModel, ModelStore
 
 SERVER_NAME = "digits-serving"
+SHUTTING_DOWN = "the server is shutting down; retry (another replica will answer)"
 
 
 class DataPlane:
@@ -23,6 +27,49 @@ class DataPlane:
         self.default_model = default_model
         self.max_images = max_images
         self.stopping = False  # set once shutdown begins: not ready any more, still live
+        self._admitted = 0  # requests taken in before shutdown began and not answered yet
+        self._idle: asyncio.Event | None = None
+        self._last_refused = 0.0  # time.monotonic() of the last request refused while shutting down
+
+    def admit(self) -> bool:
+        """Take a request in (True), or refuse it once shutdown began (False: answer UNAVAILABLE).
+
+        Every admitted request must call :meth:`release` when its answer is sent.
+        """
+        if self.stopping:
+            self._last_refused = time.monotonic()
+            return False
+        self._admitted += 1
+        return True
+
+    def release(self) -> None:
+        self._admitted -= 1
+        if self._admitted == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self, timeout: float, quiet: float) -> bool:
+        """Refuse new requests from now on; wait up to ``timeout`` s for the admitted ones to finish and
+        then for ``quiet`` s without a new request (clients told UNAVAILABLE back off or go elsewhere).
+
+        The quiet wait matters for gRPC: a call the gRPC core holds but has not handed to us yet when
+        the server stops is CANCELLED, not UNAVAILABLE. Returns False if the timeout ended the wait
+        while admitted requests were still running.
+        """
+        started = time.monotonic()
+        self.stopping = True
+        if self._admitted:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                return False
+        deadline = started + timeout
+        while True:
+            now = time.monotonic()
+            wait = min(max(self._last_refused, started) + quiet, deadline) - now
+            if wait <= 0:
+                return True
+            await asyncio.sleep(wait)
 
     def live(self) -> bool:
         return not self.stopping
@@ -53,12 +100,3 @@ class DataPlane:
     async def predict(self, model: LoadedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Classify float32 ``[N, 28, 28]`` images on ``model``: (probabilities [N, 10], classes [N])."""
         return await self.batcher.predict(model, images)
-
-
-def parse_version(text: str, field: str) -> int | None:
-    """A version given as a string (Open Inference Protocol, REST paths): '' is the newest loaded."""
-    if text == "":
-        return None
-    if not text.isdigit() or int(text) <= 0:
-        raise InvalidInput(f"{field} must be a positive integer or empty (newest), got {text!r}")
-    return int(text)

@@ -1,6 +1,6 @@
 """Runs the HTTP/JSON app (``serving/rest.py``) with uvicorn on the gRPC server's own event loop.
 
-The listening socket is bound when the server is built (port 0 resolves at once, like gRPC's), and the
+The listening socket is bound by ``start()`` (which returns the port, port 0 resolved), and the
 process's signals stay with ``serving.server.serve``: uvicorn's own handlers would race ours.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Generator
 import uvicorn
 from starlette.types import ASGIApp
 
+from .http_protocol import HttpLimits, limited_protocol
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class HttpServer:
     """uvicorn serving ``app`` on ``settings.host:settings.http_port``, with the gRPC port's TLS settings."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self._socket = _bind(settings.host, settings.http_port)
-        self.port: int = self._socket.getsockname()[1]
+        self._settings = settings
+        self._socket: socket.socket | None = None
+        self.port: int | None = None
         tls = {}
         if settings.tls_cert is not None and settings.tls_key is not None:
             tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -58,13 +60,25 @@ class HttpServer:
             log_config=None,  # keep the service's logging setup
             access_log=False,
             server_header=False,
+            http=limited_protocol(
+                HttpLimits(
+                    max_header_bytes=settings.http_max_header_bytes,
+                    max_headers=settings.http_max_headers,
+                    idle_seconds=settings.http_idle_timeout_seconds,
+                    header_seconds=settings.http_header_timeout_seconds,
+                )
+            ),
+            timeout_keep_alive=settings.http_idle_timeout_seconds,  # type: ignore[arg-type]
             timeout_graceful_shutdown=max(1, round(settings.grace_seconds)),
             **tls,
         )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
+    async def start(self) -> int:
+        """Bind the port and start serving; returns the bound port."""
+        self._socket = _bind(self._settings.host, self._settings.http_port)
+        self.port = self._socket.getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(
             self._server.serve(sockets=[self._socket]), name="http-server"
         )
@@ -73,11 +87,13 @@ class HttpServer:
                 self._task.result()
                 raise RuntimeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.005)
+        return self.port
 
     async def stop(self) -> None:
         """Stop accepting, let open requests finish (up to the grace period), close connections."""
         if self._task is None:
-            self._socket.close()
+            if self._socket is not None:
+                self._socket.close()
             return
         self._server.should_exit = True
         await self._task

@@ -12,8 +12,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ import modelrepo
 
 from .errors import ModelNotFound, ModelUnavailable
 from .metrics import ServingMetrics
+from .wire import shown
 
 log = logging.getLogger(__name__)
 
@@ -133,45 +136,71 @@ def _fingerprint(path: Path) -> tuple[int, int]:
     return newest, count
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the store serves at one moment; never changed, only replaced whole."""
+
+    models: Mapping[str, Mapping[int, LoadedModel]]
+    latest: Mapping[str, LoadedModel]
+    unloadable: frozenset[str]  # on disk, but no version loaded (yet)
+
+    @staticmethod
+    def of(models: dict[str, dict[int, LoadedModel]], unloadable: frozenset[str]) -> Snapshot:
+        return Snapshot(
+            models=MappingProxyType({name: MappingProxyType(dict(found)) for name, found in models.items()}),
+            latest=MappingProxyType({name: found[max(found)] for name, found in models.items() if found}),
+            unloadable=unloadable,
+        )
+
+
+EMPTY = Snapshot.of({}, frozenset())
+
+
 class ModelStore:
-    """The loaded versions of every model under a repository root."""
+    """The loaded versions of every model under a repository root.
+
+    Readers (the event loop) take ``self._snapshot`` once per call; ``refresh`` (the loader thread)
+    builds a new frozen :class:`Snapshot` and swaps it in with one assignment, so a reader never sees
+    new versions next to an old "latest".
+    """
 
     def __init__(self, root: Path, metrics: ServingMetrics, max_loaded_versions: int = 2) -> None:
         self.root = Path(root)
         self._metrics = metrics
         self._max_loaded = max_loaded_versions
-        # Replaced whole (copy on write) by refresh(), so readers on other threads never see a half update.
-        self._models: dict[str, dict[int, LoadedModel]] = {}
-        self._latest: dict[str, LoadedModel] = {}
-        self._failed: dict[tuple[str, int], tuple[int, int]] = {}
-        self._unloadable: frozenset[str] = frozenset()  # on disk, but no version loaded (yet)
+        self._snapshot = EMPTY
+        self._failed: dict[tuple[str, int], tuple[int, int]] = {}  # only the refreshing thread uses it
         self._refresh_lock = threading.Lock()
 
     def get(self, name: str, version: int | None = None) -> LoadedModel:
         """The newest loaded version of ``name`` (or that exact version)."""
+        snapshot = self._snapshot
         if version is None:
-            latest = self._latest.get(name)
+            latest = snapshot.latest.get(name)
             if latest is not None:
                 return latest
         else:
-            loaded = self._models.get(name, {}).get(version)
+            found = snapshot.models.get(name)
+            loaded = found.get(version) if found is not None else None
             if loaded is not None:
                 return loaded
-        if name not in self._models:
-            if not self._models:
+        if name not in snapshot.models:
+            if not snapshot.models:
                 raise ModelUnavailable("no model is loaded yet; retry shortly")
-            if name in self._unloadable:  # never touch the file system with a client's string
-                raise ModelUnavailable(f"model {name!r} has no loaded version yet; retry shortly")
-            raise ModelNotFound(f"model {name!r} not found (serving: {', '.join(sorted(self._models))})")
-        versions = ", ".join(str(v) for v in sorted(self._models[name], reverse=True))
-        raise ModelNotFound(f"version {version} of model {name!r} is not loaded (loaded: {versions})")
+            if name in snapshot.unloadable:  # never touch the file system with a client's string
+                raise ModelUnavailable(f"model {shown(name)} has no loaded version yet; retry shortly")
+            serving = ", ".join(sorted(snapshot.models))
+            raise ModelNotFound(f"model {shown(name)} not found (serving: {serving})")
+        versions = ", ".join(str(v) for v in sorted(snapshot.models[name], reverse=True))
+        raise ModelNotFound(f"version {version} of model {shown(name)} is not loaded (loaded: {versions})")
 
     def versions(self, name: str) -> list[LoadedModel]:
         """Loaded versions of ``name``, newest first (empty if none)."""
-        return [loaded for _, loaded in sorted(self._models.get(name, {}).items(), reverse=True)]
+        found = self._snapshot.models.get(name, {})
+        return [loaded for _, loaded in sorted(found.items(), reverse=True)]
 
     def ready(self) -> bool:
-        return bool(self._latest)
+        return bool(self._snapshot.latest)
 
     def refresh(self) -> bool:
         """Scan the repository once, load new versions, unload old ones; True if anything changed.
@@ -179,7 +208,8 @@ class ModelStore:
         Blocking (TensorFlow loads on this thread): call it from a worker thread.
         """
         with self._refresh_lock:
-            models = {name: dict(versions) for name, versions in self._models.items()}
+            current_snapshot = self._snapshot
+            models = {name: dict(versions) for name, versions in current_snapshot.models.items()}
             changed = False
             on_disk = set(modelrepo.list_models(self.root))
             for name in sorted(on_disk | set(models)):
@@ -194,11 +224,11 @@ class ModelStore:
                         log.info("unloading %s version %d", name, version)
                     models[name] = keep
                     changed = True
-            self._unloadable = frozenset(on_disk - set(models))
-            if changed:
-                self._models = models
-                self._latest = {name: found[max(found)] for name, found in models.items() if found}
-                for name, latest in self._latest.items():
+            unloadable = frozenset(on_disk - set(models))
+            if changed or unloadable != current_snapshot.unloadable:
+                snapshot = Snapshot.of(models, unloadable)
+                self._snapshot = snapshot  # the one assignment readers can observe
+                for name, latest in snapshot.latest.items():
                     self._metrics.loaded_version.labels(model=name).set(latest.version)
             return changed
 

@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import numpy as np
-import orjson
-from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,112 +25,23 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
-from tensorflow_serving.apis import get_model_metadata_pb2
 
-import modelrepo
-
-from . import v2
-from .asgi import JSON_TYPE, Reply, json_reply, read_body, send_reply
-from .dataplane import SERVER_NAME, DataPlane, parse_version
-from .errors import OK, InvalidInput, ModelNotFound, classify
+from . import tfs, v2
+from .asgi import JSON_TYPE, Reply, header, json_reply
+from .dataplane import SERVER_NAME, DataPlane
+from .endpoint import Endpoint, Handler
+from .jsonbody import parse_json
 from .metrics import ServingMetrics
-from .tfs_servicer import OUTPUTS as TFS_OUTPUTS
-from .tfs_servicer import SIGNATURE_DEF_FIELD, resolve_model
-from .validation import check_range, check_shape
+from .wire import parse_version, shown
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-OK_CODE = OK.name  # the metrics' code label of a success (a property: looked up once)
-# TF Serving REST: /v1/models/<name>[/versions/<n>][:predict]
-TFS_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>[A-Za-z]+))?$")
-# A handler gets the ASGI scope (path parameters in scope["path_params"]) and the request body; it
-# returns a Reply or a JSON-serialisable object (sent as 200).
-Handler = Callable[[Scope, bytes], Awaitable[object]]
 
 
 def json_response(body: object, status: int = 200) -> Response:
     """:func:`json_reply`'s JSON as a Starlette response (for Starlette's own 404/405 handler)."""
     return Response(json_reply(body).body, status, media_type=JSON_TYPE)
-
-
-def parse_json(body: bytes) -> dict:
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:  # also invalid UTF-8, NaN literals, integers beyond 64 bits
-        raise InvalidInput(f"the body is not valid JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"the body must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def numeric_array(data: object, field: str) -> np.ndarray:
-    """A JSON list of numbers (nested or flat) -> ndarray; strings, booleans, nulls, ragged lists are 400."""
-    pixels = whole_pixels(data)
-    if pixels is not None:
-        return pixels
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"{field} must be a list of numbers with a regular (non-ragged) shape") from None
-    if array.dtype.kind not in "iuf":
-        raise InvalidInput(f"{field} must hold only numbers (no strings, booleans, nulls or ragged lists)")
-    return array
-
-
-def whole_pixels(data: object) -> np.ndarray | None:
-    """The usual payload, a flat list of integers 0..255, as uint8; None for anything else.
-
-    ``bytearray`` checks in C that every item is an integer in range(256): ~3 us for one image, where
-    ``np.asarray`` needs ~25 us to find out that the list holds integers. Anything else (fractions,
-    nesting, values out of range, strings, nulls) fails it and takes the general path, which accepts
-    and refuses exactly what it did before.
-    """
-    # A list that starts with an int (not a bool): np.asarray would make it an integer array too, while
-    # it refuses a list of booleans alone.
-    if type(data) is not list or not data or type(data[0]) is not int:
-        return None
-    try:
-        return np.frombuffer(bytearray(data), np.uint8)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-class Endpoint:
-    """One route's ASGI endpoint: reads the body, runs the handler, applies the status table, records
-    the metrics, sends the answer (the cross-cutting part, in one place for every route).
-
-    A class instance rather than a function, so Starlette's ``Route`` passes it requests as they are.
-    """
-
-    def __init__(
-        self, method: str, handler: Handler, metrics: ServingMetrics, max_body_bytes: int | None
-    ) -> None:
-        self.method = method  # the metrics' method label
-        self.handler = handler
-        self.metrics = metrics
-        self.inflight = metrics.inflight_by_protocol["http"]
-        self.max_body_bytes = max_body_bytes  # None: a route without a body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        self.inflight.inc()
-        code = OK_CODE
-        try:
-            limit = self.max_body_bytes
-            body = b"" if limit is None else await read_body(scope, receive, limit)
-            result = await self.handler(scope, body)
-            reply = result if isinstance(result, Reply) else json_reply(result)
-        except Exception as exc:
-            status, message = classify(exc)
-            if status.http_status == 500:
-                log.exception("%s (HTTP %s) failed", self.method, scope["path"])
-            code = status.name
-            reply = json_reply({"error": message}, status.http_status)
-        finally:
-            self.inflight.dec()
-        self.metrics.observe_request("http", self.method, code, time.perf_counter() - started)
-        await send_reply(send, reply)
 
 
 class RestApi:
@@ -149,8 +55,10 @@ class RestApi:
         page = (STATIC / "index.html").read_text().replace("{{DEFAULT_MODEL}}", plane.default_model)
         self._page = page.encode()
 
-    def _endpoint(self, method: str, handler: Handler, *, body: bool = False) -> Endpoint:
-        return Endpoint(method, handler, self.metrics, self.max_body_bytes if body else None)
+    def _endpoint(self, method: str, handler: Handler, *, body: bool = False, gated: bool = True) -> Endpoint:
+        """``gated``: refused (503) once shutdown begins; health and readiness are not."""
+        limit = self.max_body_bytes if body else None
+        return Endpoint(method, handler, self.metrics, limit, self.plane if gated else None)
 
     # ---- Open Inference Protocol v2 ----
     async def server_live(self, scope: Scope, body: bytes) -> object:
@@ -161,7 +69,7 @@ class RestApi:
         return json_reply({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, scope: Scope, body: bytes) -> object:
-        return {"name": SERVER_NAME, "version": v2.server_version(), "extensions": []}
+        return {"name": SERVER_NAME, "version": v2.server_version(), "extensions": v2.EXTENSIONS}
 
     def _v2_model(self, scope: Scope):
         params = scope["path_params"]
@@ -179,122 +87,44 @@ class RestApi:
 
     async def infer(self, scope: Scope, body: bytes) -> object:
         model = self._v2_model(scope)
-        payload = parse_json(body)
-        inputs = payload.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise InvalidInput(f"'inputs' must be a list of exactly one tensor object, {v2.INPUT_NAME!r}")
-        tensor = inputs[0]
-        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-        if not isinstance(name, str) or not isinstance(datatype, str):
-            raise InvalidInput("the input tensor needs a string 'name' and a string 'datatype'")
-        if not isinstance(shape, list) or not all(type(dim) is int for dim in shape):
-            raise InvalidInput("the input tensor's 'shape' must be a list of integers")
-        if "data" not in tensor:
-            raise InvalidInput("the input tensor has no 'data' (the binary-data extension is not supported)")
-        count = v2.check_input_header(name, datatype, shape, self.plane.max_images)
-        images = v2.images_from_array(numeric_array(tensor["data"], "data"), datatype, count, "data")
-        outputs = payload.get("outputs", [])
-        if not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
-        ):
-            raise InvalidInput("'outputs' must be a list of objects with a string 'name'")
-        wanted = v2.requested_outputs([o["name"] for o in outputs])
-        probabilities, classes = await self.plane.predict(model, images)
-        arrays = v2.output_arrays(probabilities, classes)
-        response = {"model_name": model.name, "model_version": str(model.version)}
-        if "id" in payload:
-            response["id"] = str(payload["id"])
-        response["outputs"] = [
-            {
-                "name": output,
-                "datatype": v2.OUTPUT_DATATYPES[output],
-                "shape": list(arrays[output].shape),
-                "data": arrays[output].ravel(),
-            }
-            for output in wanted
-        ]
-        return response
+        text, binary = v2.split_binary_body(body, header(scope, v2.BINARY_HEADER))
+        request = v2.rest_infer_request(
+            parse_json(text, self.plane.max_images), binary, self.plane.max_images
+        )
+        probabilities, classes = await self.plane.predict(model, request.images)
+        response, blobs = v2.rest_infer_response(model, request, probabilities, classes)
+        if not blobs:
+            return json_reply(response)
+        head = json_reply(response).body
+        return Reply(
+            b"".join([head, *blobs]),
+            content_type=b"application/octet-stream",
+            headers=((v2.BINARY_HEADER, b"%d" % len(head)),),
+        )
 
-    # ---- TensorFlow Serving REST ----
-    def _tfs_target(self, scope: Scope) -> tuple[str, int | None]:
-        """POST /v1/models/<name>[/versions/<n>]:predict -> (name, version)."""
-        match = TFS_PATH.match(scope["path_params"]["target"])
-        if match is None or match["verb"] is None:
-            raise ModelNotFound(f"no TF Serving REST resource at POST {scope['path']}")
-        if match["verb"] != "predict":
-            raise InvalidInput(f"only :predict is served (got :{match['verb']})")
-        version = match["version"]
-        if version is not None and not (version.isdigit() and int(version) > 0):
-            raise InvalidInput(f"the version in the path must be a positive integer, got {version!r}")
-        return match["name"], int(version) if version else None
-
+    # ---- TensorFlow Serving REST (codec: serving/tfs.py) ----
     def _tfs_path_model(self, scope: Scope) -> tuple[str, int | None]:
-        version = scope["path_params"].get("version")
-        if version is not None and not (version.isdigit() and int(version) > 0):
-            raise InvalidInput(f"the version in the path must be a positive integer, got {version!r}")
-        return scope["path_params"]["name"], int(version) if version else None
+        params = scope["path_params"]
+        return params["name"], tfs.rest_path_version(params.get("version"))
 
     async def tfs_status(self, scope: Scope, body: bytes) -> object:
         name, version = self._tfs_path_model(scope)
         loaded = [self.plane.model(name, version)] if version else self.plane.versions(name)
         if not loaded:
             loaded = [self.plane.model(name)]  # raises the right error (unavailable or not found)
-        return {
-            "model_version_status": [
-                {
-                    "version": str(model.version),
-                    "state": "AVAILABLE",
-                    "status": {"error_code": "OK", "error_message": ""},
-                }
-                for model in loaded
-            ]
-        }
+        return tfs.rest_status(loaded)
 
     async def tfs_metadata(self, scope: Scope, body: bytes) -> object:
         name, version = self._tfs_path_model(scope)
-        model = resolve_model(self.plane, name, version, "")
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        signatures.signature_def[modelrepo.SIGNATURE_NAME].CopyFrom(model.signature_def)
-        return {
-            "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-            "metadata": {
-                SIGNATURE_DEF_FIELD: json_format.MessageToDict(signatures, preserving_proto_field_name=True)
-            },
-        }
+        return tfs.rest_metadata(tfs.resolve_model(self.plane, name, version, ""))
 
     async def tfs_predict(self, scope: Scope, body: bytes) -> object:
-        name, version = self._tfs_target(scope)
-        payload = parse_json(body)
-        signature = payload.get("signature_name", "")
-        if not isinstance(signature, str):
-            raise InvalidInput("'signature_name' must be a string")
-        model = resolve_model(self.plane, name, version, signature)
-        if ("instances" in payload) == ("inputs" in payload):
-            raise InvalidInput("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
-        row = "instances" in payload
-        data = payload["instances"] if row else payload["inputs"]
-        if row:
-            if not isinstance(data, list):
-                raise InvalidInput("'instances' must be a list")
-            if data and all(isinstance(item, dict) for item in data):
-                if any(set(item) != {modelrepo.INPUT_KEY} for item in data):
-                    raise InvalidInput(
-                        f"each instance object must have exactly one key, {modelrepo.INPUT_KEY!r}"
-                    )
-                data = [item[modelrepo.INPUT_KEY] for item in data]
-        elif isinstance(data, dict):
-            if set(data) != {modelrepo.INPUT_KEY}:
-                raise InvalidInput(f"'inputs' names {sorted(data)}; expected [{modelrepo.INPUT_KEY!r}]")
-            data = data[modelrepo.INPUT_KEY]
-        field = "instances" if row else "inputs"
-        array = numeric_array(data, field)
-        check_shape(list(array.shape), self.plane.max_images, field)
-        images = check_range(array.astype(np.float32, copy=False), field)
+        name, version = tfs.rest_target(scope["path_params"]["target"], scope["path"])
+        payload = parse_json(body, self.plane.max_images)
+        model = tfs.resolve_model(self.plane, name, version, tfs.rest_signature(payload))
+        images, row = tfs.rest_predict_images(payload, self.plane.max_images)
         probabilities, classes = await self.plane.predict(model, images)
-        arrays = v2.output_arrays(probabilities, classes)  # keyed by output name, as TF Serving's
-        if row:
-            return {"predictions": [{key: arrays[key][i] for key in TFS_OUTPUTS} for i in range(len(images))]}
-        return {"outputs": {key: arrays[key] for key in TFS_OUTPUTS}}
+        return tfs.rest_predict_response(probabilities, classes, row)
 
     # ---- the drawing page ----
     async def page(self, scope: Scope, body: bytes) -> object:
@@ -303,7 +133,8 @@ class RestApi:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Unknown paths and methods answer JSON too (never Starlette's plain-text pages)."""
-    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+    path = shown(request.url.path)  # the path is the client's: echo a bounded excerpt
+    return json_response({"error": f"{exc.detail}: {request.method} {path}"}, exc.status_code)
 
 
 class HttpApp:
@@ -342,18 +173,20 @@ def create_app(
     infer = e("v2.ModelInfer", api.infer, body=True)
     routes = [
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/", e("page", api.page), methods=["GET"]),
+        Route("/", e("page", api.page, gated=False), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
-        Route("/v2/health/live", e("v2.ServerLive", api.server_live), methods=["GET"]),
-        Route("/v2/health/ready", e("v2.ServerReady", api.server_ready), methods=["GET"]),
+        Route("/v2/health/live", e("v2.ServerLive", api.server_live, gated=False), methods=["GET"]),
+        Route("/v2/health/ready", e("v2.ServerReady", api.server_ready, gated=False), methods=["GET"]),
         Route("/v2", e("v2.ServerMetadata", api.server_metadata), methods=["GET"]),
         Route("/v2/models/{name}", e("v2.ModelMetadata", api.model_metadata), methods=["GET"]),
         Route(
             "/v2/models/{name}/versions/{version}", e("v2.ModelMetadata", api.model_metadata), methods=["GET"]
         ),
-        Route("/v2/models/{name}/ready", e("v2.ModelReady", api.model_ready), methods=["GET"]),
+        Route("/v2/models/{name}/ready", e("v2.ModelReady", api.model_ready, gated=False), methods=["GET"]),
         Route(
-            "/v2/models/{name}/versions/{version}/ready", e("v2.ModelReady", api.model_ready), methods=["GET"]
+            "/v2/models/{name}/versions/{version}/ready",
+            e("v2.ModelReady", api.model_ready, gated=False),
+            methods=["GET"],
         ),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/v1/models/{name}", e("tfs.GetModelStatus", api.tfs_status), methods=["GET"]),

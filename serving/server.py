@@ -1,4 +1,5 @@
-"""The prediction server: ``create_server(settings)`` builds and binds it, ``serve`` runs it until SIGTERM.
+"""The prediction server: ``create_server(settings)`` builds it, ``start()`` binds and runs it, ``serve``
+runs it until SIGTERM.
 
 One event loop runs the gRPC server (digits.v1, TF Serving, Open Inference Protocol v2, health,
 reflection) and the HTTP/JSON server (v2 REST, TF Serving REST, the drawing page); both feed the same
@@ -47,17 +48,27 @@ DIGITS_SERVICE = digits_pb2.DESCRIPTOR.services_by_name["DigitClassifier"]
 TFS_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 V2_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 V2_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+V2_STATUS_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady"})  # answer during shutdown too
 LIVENESS_SERVICE = "liveness"  # SERVING while the process answers (Kubernetes liveness probe)
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class PredictionServer:
-    """A bound (not yet started) server: gRPC and HTTP servers, model store, batcher, /metrics endpoint."""
+    """gRPC and HTTP servers, model store, batcher and /metrics endpoint over one data plane.
+
+    Building one does no I/O: ``start()`` configures TensorFlow, reads the TLS files, binds the three
+    ports (``port``, ``http_port``, ``metrics_port`` are known from then on) and starts answering;
+    ``stop()`` closes them again.
+    """
 
     def __init__(self, settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()) -> None:
         self.settings = settings
-        configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        self.port: int | None = None
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self.http: HttpServer | None = None
+        self._httpd = None
         self.metrics = ServingMetrics()
         self.metrics.loaded_version.labels(model=settings.default_model).set(0)
         self.store = ModelStore(settings.model_root, self.metrics, settings.max_loaded_versions)
@@ -72,12 +83,7 @@ class PredictionServer:
         self.health = health_aio.HealthServicer()
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self._poller: asyncio.Task | None = None
-        options = [
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
-        ]
-        self.grpc_server = grpc.aio.server(options=options)
+        self.grpc_server = grpc.aio.server(options=grpc_options(settings))
         self.plane = DataPlane(
             self.store, self.batcher, settings.default_model, settings.max_images_per_request
         )
@@ -93,6 +99,7 @@ class PredictionServer:
                         "GetModelMetadata": ("GetModelMetadata", digits.GetModelMetadata),
                     },
                     self.metrics,
+                    self.plane,
                 ),
                 service_handler(
                     TFS_SERVICE,
@@ -101,11 +108,14 @@ class PredictionServer:
                         "GetModelMetadata": ("tfs.GetModelMetadata", tfs.GetModelMetadata),
                     },
                     self.metrics,
+                    self.plane,
                 ),
                 service_handler(
                     V2_SERVICE,
                     {name: (f"v2.{name}", getattr(v2, name)) for name in V2_METHODS},
                     self.metrics,
+                    self.plane,
+                    ungated=V2_STATUS_METHODS,
                 ),
                 *extra_handlers,
             ]
@@ -121,17 +131,26 @@ class PredictionServer:
             ],
             self.grpc_server,
         )
+
+    def _bind_grpc(self) -> int:
+        settings = self.settings
         address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            client_ca = settings.tls_client_ca
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-                root_certificates=client_ca.read_bytes() if client_ca is not None else None,
-                require_client_auth=client_ca is not None,
-            )
-            self.port = self.grpc_server.add_secure_port(address, credentials)
-        else:
-            self.port = self.grpc_server.add_insecure_port(address)
+        if settings.tls_cert is None or settings.tls_key is None:
+            return self.grpc_server.add_insecure_port(address)
+        client_ca = settings.tls_client_ca
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+            require_client_auth=client_ca is not None,
+        )
+        return self.grpc_server.add_secure_port(address, credentials)
+
+    async def start(self) -> None:
+        """Bind the ports and start answering (health NOT_SERVING until a model is loaded); poll the
+        repository."""
+        settings = self.settings
+        configure_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        self.port = self._bind_grpc()
         app = create_app(
             self.plane,
             self.metrics,
@@ -139,19 +158,15 @@ class PredictionServer:
             cors_origins=settings.cors_origins,
         )
         self.http = HttpServer(app, settings)
-        self.http_port: int = self.http.port
-        self._httpd, _ = start_http_server(
-            settings.metrics_port, settings.metrics_host, registry=self.metrics.registry
-        )
-        self.metrics_port: int = self._httpd.server_port
-
-    async def start(self) -> None:
-        """Start answering (health NOT_SERVING until a model is loaded) and polling the repository."""
         await self._set_health(NOT_SERVING_STATUS)
         await self.health.set(LIVENESS_SERVICE, SERVING_STATUS)
         self.batcher.start()
         await self.grpc_server.start()
-        await self.http.start()
+        self.http_port = await self.http.start()
+        self._httpd, _ = start_http_server(
+            settings.metrics_port, settings.metrics_host, registry=self.metrics.registry
+        )
+        self.metrics_port = self._httpd.server_port
         self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poller")
         security = "plaintext"
         if self.settings.tls_cert:
@@ -185,31 +200,62 @@ class PredictionServer:
             await self.health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace`` seconds, then stop."""
+        """Shut down in order, within ``grace`` seconds (default: the grace_seconds setting).
+
+        NOT_SERVING at once; new requests get UNAVAILABLE (HTTP 503) on both ports while every request
+        taken in before finishes, and until no new request came for ``shutdown_quiet_seconds``; only
+        then the ports close. (A call the gRPC core holds but has not handed to us when it stops is
+        CANCELLED by the core: the quiet wait is what keeps that from happening to clients that back
+        off when told UNAVAILABLE.)
+        """
+        grace = self.settings.grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         await self.health.enter_graceful_shutdown()
-        self.plane.stopping = True  # v2 ready endpoints answer false from now on
         if self._poller is not None:
             self._poller.cancel()
-        self.batcher.drain()
-        await asyncio.gather(self.grpc_server.stop(grace), self.http.stop())
+        self.batcher.drain()  # partial batches stop waiting to fill
+        if not await self.plane.drain(
+            grace, self.settings.shutdown_quiet_seconds
+        ):  # v2 ready endpoints answer false from now on
+            log.warning("requests still running after the %.1f s grace period", grace)
+        remaining = max(0.0, deadline - loop.time())
+        await asyncio.gather(self.grpc_server.stop(remaining), *([self.http.stop()] if self.http else []))
         await self.batcher.close()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
         self._loader.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
 
 
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core channel arguments: message limits and the connection limits of the settings."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # fail loudly if the port is taken instead of sharing it
+        # A connection that has not finished its HTTP/2 (and TLS) handshake in time is closed.
+        ("grpc.server_handshake_timeout_ms", round(settings.grpc_handshake_timeout_seconds * 1000)),
+        # A connection with no call on it for this long gets GOAWAY and is closed.
+        ("grpc.max_connection_idle_ms", round(settings.grpc_idle_timeout_seconds * 1000)),
+        # Ping each client this often and drop it if the ping is not answered: finds dead peers.
+        ("grpc.keepalive_time_ms", round(settings.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", round(settings.grpc_keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
 def create_server(
     settings: Settings, extra_handlers: Sequence[grpc.GenericRpcHandler] = ()
-) -> tuple[PredictionServer, int]:
-    """Build the server and bind its ports; returns it and the bound gRPC port. Call inside an event loop."""
-    server = PredictionServer(settings, extra_handlers)
-    return server, server.port
+) -> PredictionServer:
+    """Build the server (no I/O); ``await server.start()`` binds its ports. Call inside an event loop."""
+    return PredictionServer(settings, extra_handlers)
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server, _ = create_server(settings)
+    server = create_server(settings)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

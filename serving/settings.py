@@ -88,6 +88,52 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(
         default=10.0, ge=0, description="on SIGTERM, time given to in-flight requests to finish"
     )
+    http_idle_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="HTTP connections idle this long are closed: after an answer (keep-alive) or after "
+        "opening without sending a byte",
+    )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a request's headers must arrive complete this long after its first byte; slower "
+        "connections (slowloris) are closed",
+    )
+    http_max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="largest request line plus headers of one HTTP request (431 above it)",
+    )
+    http_max_headers: int = Field(
+        default=100, ge=8, description="most headers in one HTTP request (431 above it)"
+    )
+    grpc_handshake_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a gRPC connection must finish its HTTP/2 (and TLS) handshake in this time",
+    )
+    grpc_idle_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a gRPC connection with no call on it for this long is closed (GOAWAY)",
+    )
+    grpc_keepalive_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="the server pings each gRPC client this often to find dead connections",
+    )
+    grpc_keepalive_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="a gRPC client that does not answer a ping within this is disconnected",
+    )
+    shutdown_quiet_seconds: float = Field(
+        default=0.2,
+        ge=0,
+        description="on SIGTERM, after in-flight requests finish, keep answering UNAVAILABLE until no "
+        "request arrived for this long (within grace_seconds), then close the ports",
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain; enables TLS with tls_key")
     tls_key: Path | None = Field(default=None, description="PEM private key for tls_cert")
     tls_client_ca: Path | None = Field(

@@ -7,6 +7,7 @@ import numpy as np
 import modelrepo
 
 from .errors import InvalidInput
+from .wire import shown
 
 ROWS, COLS = modelrepo.IMAGE_SHAPE
 PIXELS = ROWS * COLS
@@ -59,6 +60,6 @@ def check_range(images: np.ndarray, field: str) -> np.ndarray:
 def check_shape(shape: list[int], max_images: int, field: str) -> int:
     """A declared tensor shape must be [N, 28, 28]; returns N."""
     if len(shape) != 3 or shape[1:] != [ROWS, COLS]:
-        raise InvalidInput(f"{field} has shape {shape}; expected [N, {ROWS}, {COLS}]")
+        raise InvalidInput(f"{field} has shape {shown(shape)}; expected [N, {ROWS}, {COLS}]")
     check_count(shape[0], max_images)
     return shape[0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +25,9 @@ from tensorflow_serving.apis import (
 import modelrepo
 from digits.v1 import digits_pb2, digits_pb2_grpc
 from serving import errors
-from tests.support import REPO
+from serving.server import create_server
+from serving.settings import Settings
+from tests.support import REPO, free_port
 from tests.support.serving import (
     failing_fn,
     fixed_rows_fn,
@@ -419,3 +423,33 @@ def test_client_cli_classifies_idx_png_and_npy(served, test_images, digits_dir, 
     assert result.returncode == 2 and "expected [28, 28]" in result.stderr
     help_text = run_client("--help").stdout
     assert "--idx" in help_text and "--count" in help_text and "PNG" in help_text
+
+
+def test_building_the_server_opens_no_port_start_opens_them_stop_closes_them(tmp_path):
+    ports = [free_port(), free_port(), free_port()]
+    settings = Settings(
+        model_root=tmp_path / "models",
+        host="127.0.0.1",
+        port=ports[0],
+        http_port=ports[1],
+        metrics_host="127.0.0.1",
+        metrics_port=ports[2],
+    )
+
+    def listening() -> list[bool]:
+        found = []
+        for port in ports:
+            with socket.socket() as sock:
+                found.append(sock.connect_ex(("127.0.0.1", port)) == 0)
+        return found
+
+    async def scenario() -> None:
+        server = create_server(settings)
+        assert listening() == [False, False, False]
+        await server.start()
+        assert (server.port, server.http_port, server.metrics_port) == tuple(ports)
+        assert listening() == [True, True, True]
+        await server.stop(0.5)
+        assert listening() == [False, False, False]
+
+    asyncio.run(scenario())

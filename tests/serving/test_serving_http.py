@@ -17,7 +17,8 @@ from digits.v1 import digits_pb2, digits_pb2_grpc
 from serving.asgi import read_body
 from serving.client import read_idx
 from serving.errors import InvalidInput, PayloadTooLarge
-from serving.rest import STATIC, HttpApp, numeric_array
+from serving.jsonbody import numeric_array
+from serving.rest import STATIC, HttpApp
 from tests.support.serving import failing_fn, http_call, publish_copy, publish_tf_module, wait_serving
 
 
@@ -83,7 +84,11 @@ def test_v2_rest_health_and_metadata(served):
     assert http_call(f"{base}/v2/health/live")[:2] == (200, {"live": True})
     assert http_call(f"{base}/v2/health/ready")[:2] == (200, {"ready": True})
     status, server, _ = http_call(f"{base}/v2")
-    assert status == 200 and server["name"] == "digits-serving" and server["extensions"] == []
+    assert (
+        status == 200
+        and server["name"] == "digits-serving"
+        and server["extensions"] == ["binary_tensor_data"]
+    )
     assert http_call(f"{base}/v2/models/mnist/ready")[:2] == (200, {"name": "mnist", "ready": True})
     assert http_call(f"{base}/v2/models/mnist/versions/1/ready")[:2] == (
         200,

@@ -90,7 +90,7 @@ class ServerThread:
         asyncio.set_event_loop(self.loop)
 
         async def start() -> None:
-            self.server, _ = create_server(self.settings)
+            self.server = create_server(self.settings)
             await self.server.start()
 
         try:
