@@ -9,6 +9,7 @@ import pytest
 
 from jobs.errors import EXIT_DISTRIBUTED, EXIT_EXPORT, EXIT_INTERRUPTED, FAIL_JOB_CODES
 from tests.support import REPO
+from tests.support.kserve_tools import kserve_predictor_pod
 from tests.support.kube import (
     INDEX_ENV,
     INDEX_KEY,
@@ -116,6 +117,46 @@ def test_for_podman_changes_only_what_podman_forces_and_says_so(manifests: list[
     assert pods[1] == pods_for(job, uid="uid-3")[1], "for_podman changed its input"
 
 
+def test_the_kserve_predictor_pod_is_a_strict_pod_whose_claim_subpath_becomes_a_host_folder(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """kserve_predictor_pod: what KServe's controller makes of k8s/kserve; for_podman: podman 4.3 ignores a
+    subPath on a claim (it mounted the whole claim at /mnt/models), so that mount becomes a hostPath."""
+    import kubernetes_validate
+
+    documents = render(REPO / "k8s" / "kserve", IMAGES, tmp_path_factory.mktemp("kserve"))
+    pod = kserve_predictor_pod(documents)
+    kubernetes_validate.validate(pod, "1.30.0", strict=True)
+    assert pod["metadata"]["name"].startswith("mnist-predictor-")
+    (container,) = pod["spec"]["containers"]
+    assert (container["name"], container["image"]) == ("kserve-container", IMAGES["mnist-serve"])
+    assert "--default-model=mnist" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
+    mount = {
+        "name": "kserve-pvc-source",
+        "mountPath": "/mnt/models",
+        "subPath": "run/models",
+        "readOnly": True,
+    }
+    assert mount in container["volumeMounts"]
+    claim = {"claimName": "mnist-workspace", "readOnly": True}
+    assert {"name": "kserve-pvc-source", "persistentVolumeClaim": claim} in pod["spec"]["volumes"]
+    assert "minReplicas" not in pod["spec"] and "model" not in pod["spec"]  # component fields, not the pod's
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+
+    with pytest.raises(LookupError, match="subPath of claim mnist-workspace"):
+        for_podman(pod, Deviations())
+    played, changes = for_podman(pod, Deviations(claims={"mnist-workspace": "/volumes/ws"}))
+    (mounted,) = [
+        m for m in played["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/mnt/models"
+    ]
+    assert "subPath" not in mounted and mounted["readOnly"] is True
+    (volume,) = [v for v in played["spec"]["volumes"] if v["name"] == mounted["name"]]
+    assert volume["hostPath"]["path"] == "/volumes/ws/run/models"
+    assert any("subPath" in line and "/volumes/ws/run/models" in line for line in changes), changes
+    assert mount in pod["spec"]["containers"][0]["volumeMounts"], "for_podman changed its input"
+
+
 def test_job_outcome_follows_the_jobs_failure_and_success_policies(manifests: list[dict]) -> None:
     job = find(manifests, "Job", "mnist-tune")
     assert job_outcome(job, {0: 0, 1: 0, 2: 0}) == "Complete"
@@ -132,6 +173,15 @@ def test_job_outcome_follows_the_jobs_failure_and_success_policies(manifests: li
 def test_every_kind_of_change_is_listed_in_the_docs() -> None:
     text = (REPO / "docs" / "deployment.md").read_text()
     section = text[text.index("## The manifests, played") :]
-    for word in ("ports", "nvidia.com/gpu", "nodeSelector", "tolerations", "hostAliases", "$(", "hostPath"):
+    for word in (
+        "ports",
+        "nvidia.com/gpu",
+        "nodeSelector",
+        "tolerations",
+        "hostAliases",
+        "$(",
+        "hostPath",
+        "subPath",
+    ):
         assert word in section, word
     assert "TUNE_PRESET=smoke" in section and "tests/support/kube.py" in section
