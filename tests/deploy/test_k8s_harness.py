@@ -9,6 +9,7 @@ import pytest
 
 from jobs.errors import EXIT_DISTRIBUTED, EXIT_EXPORT, EXIT_INTERRUPTED, FAIL_JOB_CODES
 from tests.support import REPO
+from tests.support.katib_tools import katib_trial_pod, stdout_collector_script, substitute
 from tests.support.kserve_tools import kserve_predictor_pod
 from tests.support.kube import (
     INDEX_ENV,
@@ -155,6 +156,37 @@ def test_the_kserve_predictor_pod_is_a_strict_pod_whose_claim_subpath_becomes_a_
     assert volume["hostPath"]["path"] == "/volumes/ws/run/models"
     assert any("subPath" in line and "/volumes/ws/run/models" in line for line in changes), changes
     assert mount in pod["spec"]["containers"][0]["volumeMounts"], "for_podman changed its input"
+
+
+def test_a_katib_trial_pod_is_its_job_pod_with_the_collectors_rewrite_expanded_as_the_kubelet(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import kubernetes_validate
+
+    (experiment,) = render(REPO / "k8s" / "katib", IMAGES, tmp_path_factory.mktemp("katib"))
+    assignment = {
+        p["name"]: p["feasibleSpace"]["list"][0]
+        if "list" in p["feasibleSpace"]
+        else p["feasibleSpace"]["min"]
+        for p in experiment["spec"]["parameters"]
+    }
+    pod = katib_trial_pod(experiment, assignment, "mnist-seed-abcd0001", uid="uid-4")
+    kubernetes_validate.validate(pod, "1.30.0", strict=True)
+    assert pod["metadata"]["labels"]["katib.kubeflow.org/trial"] == "mnist-seed-abcd0001"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == IMAGES["mnist-tune"] and container["command"] == ["sh", "-c"]
+    (script,) = container["args"]
+    assert script.endswith("1>/var/log/katib/metrics.log 2>&1 && echo completed > /var/log/katib/$$$$.pid")
+    assert "--trial-dir=/workspace/katib/mnist-seed/mnist-seed-abcd0001" in script
+    assert {"name": "metrics-volume", "mountPath": "/var/log/katib"} in container["volumeMounts"]
+    assert {"name": "metrics-volume", "emptyDir": {}} in pod["spec"]["volumes"]
+    job = substitute(experiment, assignment, "mnist-seed-abcd0001")
+    played, changes = for_podman(pod, Deviations())
+    # What the shell gets: the kubelet's `$$` -> `$`, i.e. the string test_katib.py runs as a subprocess.
+    assert played["spec"]["containers"][0]["args"] == [
+        stdout_collector_script(job["spec"]["template"]["spec"]["containers"][0])
+    ]
+    assert any("$$" in line for line in changes), changes
 
 
 def test_job_outcome_follows_the_jobs_failure_and_success_policies(manifests: list[dict]) -> None:

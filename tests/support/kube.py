@@ -173,6 +173,16 @@ def _expand(value: str, known: Mapping[str, str]) -> str:
     return _DEPENDENT_VAR.sub(lambda m: known.get(m.group(1), m.group(0)), value)
 
 
+def _kubelet_expand(value: str, known: Mapping[str, str]) -> str:
+    # The kubelet's expansion of command and args: `$$` -> `$`, `$(VAR)` of a known variable -> its value.
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return known.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, value)
+
+
 def _field(pod: dict, path: str) -> str | None:
     match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
     if match:
@@ -269,6 +279,18 @@ def for_podman(pod: dict, deviations: Deviations) -> tuple[dict, list[str]]:
                 f"hostPath {host} (podman ignores subPath on a claim)"
             )
             mount["name"] = volume
+
+    # podman 4.3 passes command and args as written; the kubelet unescapes `$$` to `$` and expands
+    # `$(VAR)` of the container's variables there (Katib's collector writes `echo completed > .../$$$$.pid`
+    # for the shell to see `$$.pid`). Done here as the kubelet does.
+    for container in containers:
+        known = {var["name"]: str(var["value"]) for var in container.get("env", []) if "value" in var}
+        for key in ("command", "args"):
+            words = container.get(key) or []
+            expanded = [_kubelet_expand(word, known) for word in words]
+            if expanded != words:
+                container[key] = expanded
+                changes.append(f"{name}/{container['name']}: {key} $$ and $(VAR) expanded (as the kubelet)")
 
     # Host folders (the official MNIST, no download here), read-only.
     for number, (mount, host) in enumerate(sorted(deviations.host_paths.items())):
