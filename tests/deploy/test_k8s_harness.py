@@ -9,6 +9,8 @@ import pytest
 
 from jobs.errors import EXIT_DISTRIBUTED, EXIT_EXPORT, EXIT_INTERRUPTED, FAIL_JOB_CODES
 from tests.support import REPO
+from tests.support.katib_tools import katib_trial_pod, stdout_collector_script, substitute
+from tests.support.kserve_tools import kserve_predictor_pod
 from tests.support.kube import (
     INDEX_ENV,
     INDEX_KEY,
@@ -116,6 +118,77 @@ def test_for_podman_changes_only_what_podman_forces_and_says_so(manifests: list[
     assert pods[1] == pods_for(job, uid="uid-3")[1], "for_podman changed its input"
 
 
+def test_the_kserve_predictor_pod_is_a_strict_pod_whose_claim_subpath_becomes_a_host_folder(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """kserve_predictor_pod: what KServe's controller makes of k8s/kserve; for_podman: podman 4.3 ignores a
+    subPath on a claim (it mounted the whole claim at /mnt/models), so that mount becomes a hostPath."""
+    import kubernetes_validate
+
+    documents = render(REPO / "k8s" / "kserve", IMAGES, tmp_path_factory.mktemp("kserve"))
+    pod = kserve_predictor_pod(documents)
+    kubernetes_validate.validate(pod, "1.30.0", strict=True)
+    assert pod["metadata"]["name"].startswith("mnist-predictor-")
+    (container,) = pod["spec"]["containers"]
+    assert (container["name"], container["image"]) == ("kserve-container", IMAGES["mnist-serve"])
+    assert "--default-model=mnist" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/mnist/ready"
+    mount = {
+        "name": "kserve-pvc-source",
+        "mountPath": "/mnt/models",
+        "subPath": "run/models",
+        "readOnly": True,
+    }
+    assert mount in container["volumeMounts"]
+    claim = {"claimName": "mnist-workspace", "readOnly": True}
+    assert {"name": "kserve-pvc-source", "persistentVolumeClaim": claim} in pod["spec"]["volumes"]
+    assert "minReplicas" not in pod["spec"] and "model" not in pod["spec"]  # component fields, not the pod's
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+
+    with pytest.raises(LookupError, match="subPath of claim mnist-workspace"):
+        for_podman(pod, Deviations())
+    played, changes = for_podman(pod, Deviations(claims={"mnist-workspace": "/volumes/ws"}))
+    (mounted,) = [
+        m for m in played["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] == "/mnt/models"
+    ]
+    assert "subPath" not in mounted and mounted["readOnly"] is True
+    (volume,) = [v for v in played["spec"]["volumes"] if v["name"] == mounted["name"]]
+    assert volume["hostPath"]["path"] == "/volumes/ws/run/models"
+    assert any("subPath" in line and "/volumes/ws/run/models" in line for line in changes), changes
+    assert mount in pod["spec"]["containers"][0]["volumeMounts"], "for_podman changed its input"
+
+
+def test_a_katib_trial_pod_is_its_job_pod_with_the_collectors_rewrite_expanded_as_the_kubelet(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import kubernetes_validate
+
+    (experiment,) = render(REPO / "k8s" / "katib", IMAGES, tmp_path_factory.mktemp("katib"))
+    assignment = {
+        p["name"]: p["feasibleSpace"]["list"][0]
+        if "list" in p["feasibleSpace"]
+        else p["feasibleSpace"]["min"]
+        for p in experiment["spec"]["parameters"]
+    }
+    pod = katib_trial_pod(experiment, assignment, "mnist-seed-abcd0001", uid="uid-4")
+    kubernetes_validate.validate(pod, "1.30.0", strict=True)
+    assert pod["metadata"]["labels"]["katib.kubeflow.org/trial"] == "mnist-seed-abcd0001"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == IMAGES["mnist-tune"] and container["command"] == ["sh", "-c"]
+    (script,) = container["args"]
+    assert script.endswith("1>/var/log/katib/metrics.log 2>&1 && echo completed > /var/log/katib/$$$$.pid")
+    assert "--trial-dir=/workspace/katib/mnist-seed/mnist-seed-abcd0001" in script
+    assert {"name": "metrics-volume", "mountPath": "/var/log/katib"} in container["volumeMounts"]
+    assert {"name": "metrics-volume", "emptyDir": {}} in pod["spec"]["volumes"]
+    job = substitute(experiment, assignment, "mnist-seed-abcd0001")
+    played, changes = for_podman(pod, Deviations())
+    # What the shell gets: the kubelet's `$$` -> `$`, i.e. the string test_katib.py runs as a subprocess.
+    assert played["spec"]["containers"][0]["args"] == [
+        stdout_collector_script(job["spec"]["template"]["spec"]["containers"][0])
+    ]
+    assert any("$$" in line for line in changes), changes
+
+
 def test_job_outcome_follows_the_jobs_failure_and_success_policies(manifests: list[dict]) -> None:
     job = find(manifests, "Job", "mnist-tune")
     assert job_outcome(job, {0: 0, 1: 0, 2: 0}) == "Complete"
@@ -132,6 +205,15 @@ def test_job_outcome_follows_the_jobs_failure_and_success_policies(manifests: li
 def test_every_kind_of_change_is_listed_in_the_docs() -> None:
     text = (REPO / "docs" / "deployment.md").read_text()
     section = text[text.index("## The manifests, played") :]
-    for word in ("ports", "nvidia.com/gpu", "nodeSelector", "tolerations", "hostAliases", "$(", "hostPath"):
+    for word in (
+        "ports",
+        "nvidia.com/gpu",
+        "nodeSelector",
+        "tolerations",
+        "hostAliases",
+        "$(",
+        "hostPath",
+        "subPath",
+    ):
         assert word in section, word
     assert "TUNE_PRESET=smoke" in section and "tests/support/kube.py" in section

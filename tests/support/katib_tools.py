@@ -246,3 +246,44 @@ def parse_metrics(log: str, metric_names: list[str]) -> list[tuple[str, float, s
             if name in metric_names and value:  # an empty value is Katib's "unavailable"
                 found.append((name, float(value), stamp))
     return found
+
+
+METRICS_VOLUME = "metrics-volume"  # common.MetricsVolume
+
+
+def katib_trial_pod(
+    experiment: dict[str, Any], assignments: dict[str, str], trial_name: str, uid: str
+) -> dict[str, Any]:
+    """The Pod of one trial as Katib (33c8ff4) runs it, before its collector sidecar (not played):
+
+    1. the trial's Job: ``trialSpec`` with the trial's parameters and name substituted (:func:`substitute`,
+       the trial controller), labelled ``katib.kubeflow.org/experiment`` and ``katib.kubeflow.org/trial``;
+    2. its one Pod, as the Job controller makes it (``tests.support.kube.pods_for``, ``uid`` the Job's);
+    3. the StdOut collector's pod webhook (``inject_webhook.go``): the primary container's command becomes
+       ``sh -c "<command and args> 1>/var/log/katib/metrics.log 2>&1 && echo completed >
+       /var/log/katib/$$$$.pid"`` (wrapWorkerContainer; the ``$$$$`` as Katib writes it, for the kubelet to
+       unescape), and an ``emptyDir`` ``metrics-volume`` is mounted at ``/var/log/katib``
+       (mutatePodMetricsVolume).
+    """
+    from tests.support.kube import pods_for
+
+    job = substitute(experiment, assignments, trial_name)
+    labels = {
+        "katib.kubeflow.org/experiment": experiment["metadata"]["name"],
+        "katib.kubeflow.org/trial": trial_name,
+    }
+    template_meta = job["spec"]["template"].setdefault("metadata", {})
+    template_meta["labels"] = {**template_meta.get("labels", {}), **labels}
+    (pod,) = pods_for(job, uid=uid)
+    primary = experiment["spec"]["trialTemplate"]["primaryContainerName"]
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == primary]
+    words = [*container.get("command", []), *container.pop("args", [])]
+    directory = METRICS_FILE.rsplit("/", 1)[0]
+    script = " ".join([*words, f"1>{METRICS_FILE} 2>&1", "&&", f"echo completed > {directory}/$$$$.pid"])
+    container["command"], container["args"] = ["sh", "-c"], [script]
+    container["volumeMounts"] = [
+        *container.get("volumeMounts", []),
+        {"name": METRICS_VOLUME, "mountPath": directory},
+    ]
+    pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []), {"name": METRICS_VOLUME, "emptyDir": {}}]
+    return pod

@@ -10,6 +10,7 @@ The rules restate KServe's webhooks at aaac4e2 (``pkg/apis/serving/v1beta1/infer
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -206,6 +207,83 @@ def predictor_container(runtime: dict[str, Any], isvc: dict[str, Any]) -> dict[s
     for field, value in (("Name", isvc["metadata"]["name"]), ("Namespace", "default")):
         text = text.replace("{{." + field + "}}", value)
     return json.loads(text)
+
+
+PVC_VOLUME = "kserve-pvc-source"  # constants.PvcSourceMountName
+# PredictorSpec's own fields (ComponentExtensionSpec and the implementations): not PodSpec fields.
+COMPONENT_FIELDS = {
+    "model",
+    "containers",
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "autoScaling",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+    "workerSpec",
+    *IMPLEMENTATIONS,
+}
+
+
+def kserve_predictor_pod(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The predictor Pod KServe (Standard mode) makes from the rendered ``ServingRuntime`` and
+    ``InferenceService`` (``kubectl kustomize k8s/kserve``), as a Pod document the pod harness plays.
+
+    Each step mimics one behaviour of KServe's controller and pod webhook (aaac4e2):
+
+    1. the container: the runtime's ``kserve-container`` with the model's container fields merged over
+       it and ``{{.Name}}`` filled in from the InferenceService (:func:`predictor_container`: the
+       predictor reconciler's MergeRuntimeContainers and ReplacePlaceholders), its probes included;
+    2. the pod: the predictor's PodSpec fields (securityContext, volumes, automountServiceAccountToken,
+       terminationGracePeriodSeconds; not the component fields such as replicas or autoScaling) over the
+       runtime's (MergePodSpec); the runtime's ``spec.annotations`` and KServe's labels
+       (``serving.kserve.io/inferenceservice``, ``component: predictor``) on the pod;
+    3. the model: a ``pvc://<claim>/<path>`` storageUri is a volume ``kserve-pvc-source`` on the claim,
+       mounted in the kserve-container at ``/mnt/models`` with ``subPath: <path>``, read-only
+       (utils.AddModelPvcMount; no storage-initializer copy since 0.16, read-only unless the
+       ``storage.kserve.io/readonly`` annotation says "false", which :func:`runtime_fit_errors` refuses);
+    4. the name: the raw Deployment is ``<isvc>-predictor``, so its pod ``<isvc>-predictor-<hash>``.
+    """
+    (runtime,) = [d for d in documents if d["kind"] in ("ServingRuntime", "ClusterServingRuntime")]
+    (isvc,) = [d for d in documents if d["kind"] == "InferenceService"]
+    name = isvc["metadata"]["name"]
+    predictor = isvc["spec"]["predictor"]
+    container = predictor_container(runtime, isvc)  # 1
+    uri = PVC_URI.match(predictor["model"]["storageUri"])
+    if uri is None:
+        raise ValueError(f"storageUri {predictor['model']['storageUri']!r} is not pvc://<claim>/<path>")
+    spec = {  # 2
+        key: copy.deepcopy(value)
+        for key, value in runtime["spec"].items()
+        if key in ("volumes", "nodeSelector", "tolerations", "affinity", "imagePullSecrets")
+    }
+    spec.update({k: copy.deepcopy(v) for k, v in predictor.items() if k not in COMPONENT_FIELDS})
+    volume = {"name": PVC_VOLUME, "persistentVolumeClaim": {"claimName": uri["claim"], "readOnly": True}}
+    spec["volumes"] = [*spec.get("volumes", []), volume]  # 3
+    mount = {"name": PVC_VOLUME, "mountPath": MOUNT_PATH, "subPath": uri["path"], "readOnly": True}
+    container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
+    spec["containers"] = [container]
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    labels = {
+        **isvc["metadata"].get("labels", {}),
+        "serving.kserve.io/inferenceservice": name,
+        "component": "predictor",
+        "app": f"isvc.{name}-predictor",
+    }
+    annotations = {**runtime["spec"].get("annotations", {}), **isvc["metadata"].get("annotations", {})}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-predictor-{digest}", "labels": labels, "annotations": annotations},
+        "spec": spec,
+    }
 
 
 def image_entrypoint() -> list[str]:

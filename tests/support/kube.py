@@ -165,11 +165,22 @@ class Deviations:
     addresses: Mapping[str, str] = field(default_factory=dict)  # the subdomain's pods -> their fixed IPs
     env: Mapping[str, str] = field(default_factory=dict)  # set (or replaced) in every container
     host_paths: Mapping[str, str] = field(default_factory=dict)  # container path -> host folder, read-only
+    claims: Mapping[str, str] = field(default_factory=dict)  # claim name -> its folder (Cluster.claim)
 
 
 def _expand(value: str, known: Mapping[str, str]) -> str:
     # The kubelet's rule: $(VAR) of a variable defined earlier in the list is replaced, others stay.
     return _DEPENDENT_VAR.sub(lambda m: known.get(m.group(1), m.group(0)), value)
+
+
+def _kubelet_expand(value: str, known: Mapping[str, str]) -> str:
+    # The kubelet's expansion of command and args: `$$` -> `$`, `$(VAR)` of a known variable -> its value.
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return known.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", one, value)
 
 
 def _field(pod: dict, path: str) -> str | None:
@@ -244,6 +255,42 @@ def for_podman(pod: dict, deviations: Deviations) -> tuple[dict, list[str]]:
                     )
                     var["value"] = expanded
                 known[var["name"]] = expanded
+
+    # podman 4.3 ignores `subPath` on a claim's mount and mounts the whole claim (KServe mounts
+    # `pvc://<claim>/<path>` at /mnt/models with subPath <path>): such a mount becomes a hostPath of the
+    # claim's folder at the subPath, with the mount's readOnly as written.
+    claim_volumes = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec.get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    for container in containers:
+        for mount in container.get("volumeMounts", []):
+            claim = claim_volumes.get(mount["name"])
+            if claim is None or not mount.get("subPath"):
+                continue
+            if claim not in deviations.claims:
+                raise LookupError(f"{name}: mount {mount['name']} has a subPath of claim {claim}, not played")
+            host = Path(deviations.claims[claim]) / mount.pop("subPath")
+            volume = f"{mount['name']}-subpath-{len(spec['volumes'])}"
+            spec["volumes"].append({"name": volume, "hostPath": {"path": str(host), "type": "Directory"}})
+            changes.append(
+                f"{name}/{container['name']}: claim {claim} subPath mounted at {mount['mountPath']} as "
+                f"hostPath {host} (podman ignores subPath on a claim)"
+            )
+            mount["name"] = volume
+
+    # podman 4.3 passes command and args as written; the kubelet unescapes `$$` to `$` and expands
+    # `$(VAR)` of the container's variables there (Katib's collector writes `echo completed > .../$$$$.pid`
+    # for the shell to see `$$.pid`). Done here as the kubelet does.
+    for container in containers:
+        known = {var["name"]: str(var["value"]) for var in container.get("env", []) if "value" in var}
+        for key in ("command", "args"):
+            words = container.get(key) or []
+            expanded = [_kubelet_expand(word, known) for word in words]
+            if expanded != words:
+                container[key] = expanded
+                changes.append(f"{name}/{container['name']}: {key} $$ and $(VAR) expanded (as the kubelet)")
 
     # Host folders (the official MNIST, no download here), read-only.
     for number, (mount, host) in enumerate(sorted(deviations.host_paths.items())):
