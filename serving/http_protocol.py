@@ -1,5 +1,5 @@
 """uvicorn's httptools protocol with the limits every production HTTP server has: header size and count,
-and timeouts for connections that never send a request or send its headers too slowly.
+and timeouts for connections that never send a request, or send its headers or its body too slowly.
 
 uvicorn bounds none of these with httptools (``h11_max_incomplete_event_size`` only applies to its
 slower h11 protocol, and its keep-alive timer only starts after a first answer), and llhttp keeps
@@ -25,6 +25,7 @@ class HttpLimits(NamedTuple):
     max_headers: int
     idle_seconds: float  # a connection that has not sent a byte of its first request
     header_seconds: float  # from a request's first byte to the end of its headers
+    body_seconds: float  # from the end of a request's headers to the end of its body
 
 
 class _HeadersTooLarge(Exception):
@@ -38,6 +39,7 @@ def limited_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._in_headers = True  # the next bytes belong to a request line or headers
+            self._in_body = False  # the headers are complete, the body is not
             self._header_bytes = 0
             self._header_count = 0
             self._field_bytes = 0
@@ -61,8 +63,10 @@ def limited_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
 
         def _expired(self) -> None:
             self._timer = None
-            if self._in_headers and not self.transport.is_closing():
-                self.transport.close()  # never sent a request, or its headers too slowly
+            if (self._in_headers or self._in_body) and not self.transport.is_closing():
+                # Never sent a request, or its headers or body too slowly. Closing mid-body makes the
+                # app's receive() return http.disconnect: the request is counted CANCELLED.
+                self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -105,10 +109,13 @@ def limited_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._in_headers = False
             self._header_bytes = 0
-            self._disarm()
+            self._in_body = True  # until on_message_complete, which follows at once without a body
+            self._arm(limits.body_seconds)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
+            self._in_body = False
+            self._disarm()
             super().on_message_complete()
             self._in_headers = True  # idle from here on is the keep-alive timer's business
 

@@ -66,6 +66,7 @@ class HttpServer:
                     max_headers=settings.http_max_headers,
                     idle_seconds=settings.http_idle_timeout_seconds,
                     header_seconds=settings.http_header_timeout_seconds,
+                    body_seconds=settings.http_body_timeout_seconds,
                 )
             ),
             timeout_keep_alive=settings.http_idle_timeout_seconds,  # type: ignore[arg-type]

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
         description="a request's headers must arrive complete this long after its first byte; slower "
         "connections (slowloris) are closed",
     )
+    http_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request's body must arrive complete this long after its headers; slower "
+        "connections are closed and the request counted CANCELLED. 30 s lets the largest allowed body "
+        "cross a slow link (16 MiB at about 4.5 Mbit/s) while a client dripping bytes cannot hold a "
+        "connection and a request for ever",
+    )
     http_max_header_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

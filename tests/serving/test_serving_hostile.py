@@ -217,6 +217,65 @@ def test_idle_and_slowloris_http_connections_are_closed(start_server, exported, 
         assert _closed_within(kept, 5) < 3
 
 
+def _answer(sock: socket.socket) -> bytes:
+    """Read one HTTP answer (with a content-length) off a keep-alive connection; return its status line."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, rest
+        rest += chunk
+    assert len(rest) == length, rest
+    return head.split(b"\r\n")[0]
+
+
+def test_a_slow_http_body_is_closed_and_cancelled(start_server, exported, tmp_path):
+    root = tmp_path / "models"
+    publish_copy(exported["random"], root)
+    server = start_server(model_root=root, http_body_timeout_seconds=1.0)
+    wait_serving(server.target)
+    address = ("127.0.0.1", server.http_port)
+    url = f"{server.base_url}/v2/models/mnist/infer"
+    body = json.dumps(V2_BODY).encode()
+    head = b"POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(address) as slow:
+        slow.sendall(head + b"Content-Length: 1000000\r\n\r\n" + b'{"inputs": [')
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            closed = pool.submit(_closed_within, slow, 10, b" ")  # a byte every 0.2 s never ends the body
+            while not closed.done():  # good requests are answered promptly meanwhile
+                started = time.perf_counter()
+                assert http_call(url, V2_BODY)[0] == 200
+                assert time.perf_counter() - started < 1.0
+            assert closed.result() < 4
+    labels = {"protocol": "http", "method": "v2.ModelInfer"}
+    deadline = time.monotonic() + 10
+    while _metric(server, "digits_requests_total", **labels, code="CANCELLED") != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _metric(server, "digits_requests_total", **labels, code="INTERNAL") is None
+    # A body in time, a request without one, and keep-alive requests after them, each past the timeout.
+    with socket.create_connection(address, timeout=10) as kept:
+        kept.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:100])
+        time.sleep(0.5)
+        kept.sendall(body[100:])
+        assert _answer(kept) == b"HTTP/1.1 200 OK"
+        time.sleep(1.5)
+        kept.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer(kept) == b"HTTP/1.1 200 OK"
+        time.sleep(1.5)
+        kept.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert _answer(kept) == b"HTTP/1.1 200 OK"
+
+
 def test_idle_grpc_connections_are_closed(start_server, exported, tmp_path):
     root = tmp_path / "models"
     publish_copy(exported["random"], root)
