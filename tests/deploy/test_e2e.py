@@ -44,6 +44,7 @@ from tests.support import REPO, free_port, wait_for
 from tests.support.containers import (
     build_project_images,
     make_base_image,
+    official_mnist,
     podman_env,
     progress_to_terminal,
     run,
@@ -295,22 +296,7 @@ def wait_healthy(stack: Stack, timeout: float = 240) -> float:
 
 @pytest.fixture(scope="module")
 def mnist() -> Path:
-    value = os.environ.get("MNIST_DATA_DIR")
-    if not value:
-        pytest.fail(
-            "pytest -m e2e needs MNIST_DATA_DIR: the folder with the official MNIST files "
-            "(t10k-images-idx3-ubyte.gz, ...); .ci/run sets it",
-            pytrace=False,
-        )
-    path = Path(value).resolve()
-    missing = [
-        name
-        for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz")
-        if not (path / name).is_file()
-    ]
-    if missing:
-        pytest.fail(f"MNIST_DATA_DIR={value}: missing {missing}", pytrace=False)
-    return path
+    return official_mnist("e2e")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from tests.support import REPO, wait_for
 from tests.support.containers import (
     build_project_images,
     make_base_image,
+    official_mnist,
     podman_env,
     progress_to_terminal,
     timestamp,
@@ -35,6 +36,9 @@ from tests.support.containers import (
 from tests.support.containers import run as run_command
 from tests.support.containers import say as _say
 from tests.support.kube import (
+    ACCURACY_TOLERANCE,
+    DATA_IN_POD,
+    TEST_ENV,
     Cluster,
     Deviations,
     cluster,
@@ -52,11 +56,6 @@ pytestmark = pytest.mark.k8s
 
 JOB, DEPLOYMENT, CLAIM = "mnist-tune", "mnist-serve", "mnist-workspace"
 SUBNET = "10.89.219.0/24"
-DATA_IN_POD = "/data/mnist"  # where Dockerfile.train expects host data (docs/deployment.md)
-# The test's own choices (listed in docs/deployment.md): the official files from a host folder (no
-# internet here) and the smoke preset (the default one takes an hour of this CPU).
-TEST_ENV = {"MNIST_DATA_DIR": DATA_IN_POD, "TUNE_PRESET": "smoke"}
-ACCURACY_TOLERANCE = 0.001  # as the e2e suite: float differences between the job's evaluate and serving
 
 
 def say(message: str) -> None:
@@ -70,10 +69,7 @@ def _progress(pytestconfig: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def mnist() -> Path:
-    value = os.environ.get("MNIST_DATA_DIR")
-    if not value or not (Path(value) / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"pytest -m k8s needs MNIST_DATA_DIR with the official MNIST files (got {value!r})")
-    return Path(value).resolve()
+    return official_mnist("k8s")
 
 
 @pytest.fixture(scope="module")

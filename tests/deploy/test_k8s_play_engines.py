@@ -25,6 +25,7 @@ from tests.support import REPO, wait_for
 from tests.support.containers import (
     build_project_images,
     make_base_image,
+    official_mnist,
     podman_env,
     progress_to_terminal,
 )
@@ -33,6 +34,9 @@ from tests.support.containers import say as _say
 from tests.support.katib_tools import METRICS_FILE, katib_trial_pod, parse_metrics
 from tests.support.kserve_tools import CONTAINER, MOUNT_PATH, kserve_predictor_pod, sdk_answers
 from tests.support.kube import (
+    ACCURACY_TOLERANCE,
+    DATA_IN_POD,
+    TEST_ENV,
     Cluster,
     Deviations,
     cluster,
@@ -49,9 +53,6 @@ pytestmark = pytest.mark.k8s
 
 JOB, CLAIM, ISVC = "mnist-tune", "mnist-workspace", "mnist"
 SUBNET = "10.89.223.0/24"  # not test_k8s_play's: the two modules' networks never meet
-DATA_IN_POD = "/data/mnist"
-TEST_ENV = {"MNIST_DATA_DIR": DATA_IN_POD, "TUNE_PRESET": "smoke"}  # as test_k8s_play (docs/deployment.md)
-ACCURACY_TOLERANCE = 0.001
 
 
 def say(message: str) -> None:
@@ -65,10 +66,7 @@ def _progress(pytestconfig: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def mnist() -> Path:
-    value = os.environ.get("MNIST_DATA_DIR")
-    if not value or not (Path(value) / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"pytest -m k8s needs MNIST_DATA_DIR with the official MNIST files (got {value!r})")
-    return Path(value).resolve()
+    return official_mnist("k8s")
 
 
 @pytest.fixture(scope="module")

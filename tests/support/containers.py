@@ -45,6 +45,23 @@ def say(message: str, tag: str = "e2e") -> None:
             sys.stderr.flush()
 
 
+def official_mnist(marker: str) -> Path:
+    """MNIST_DATA_DIR, holding the official files the container suites mount; else a clear failure."""
+    value = os.environ.get("MNIST_DATA_DIR")
+    if not value:
+        pytest.fail(
+            f"pytest -m {marker} needs MNIST_DATA_DIR: the folder with the official MNIST files "
+            "(t10k-images-idx3-ubyte.gz, ...); .ci/run sets it",
+            pytrace=False,
+        )
+    path = Path(value).resolve()
+    names = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz")
+    missing = [name for name in names if not (path / name).is_file()]
+    if missing:
+        pytest.fail(f"MNIST_DATA_DIR={value}: missing {missing}", pytrace=False)
+    return path
+
+
 def podman_env(**extra: str) -> dict[str, str]:
     """The host's environment with the project's containers.conf (unless the caller set another)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNE_", "DIGITS_", "E2E_"))}

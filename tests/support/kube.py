@@ -44,6 +44,14 @@ DEFAULT_KUBE_NETWORK = "podman-default-kube-network"  # what kube play creates w
 _DEPENDENT_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
+# The k8s suites' own choices (docs/deployment.md, "The manifests, played"): the official files from a
+# host folder (no internet here) where Dockerfile.train expects host data, and the smoke preset (the
+# default one takes an hour of this CPU).
+DATA_IN_POD = "/data/mnist"
+TEST_ENV = {"MNIST_DATA_DIR": DATA_IN_POD, "TUNE_PRESET": "smoke"}
+ACCURACY_TOLERANCE = 0.001  # as the e2e suite: float differences between the job's evaluate and serving
+
+
 # --- 1. render -------------------------------------------------------------------------------------------
 
 
