@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from jobs import logs
 from jobs.config import PRESETS, job_environment, load_config, to_yaml
 from jobs.distributed.roles import resolve_role
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, JobError, describe_exit_codes
@@ -81,11 +82,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the job; every :class:`jobs.errors.JobError` becomes one log line and its exit code."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args.log_level)
     role = None
     try:
         config = load_config(

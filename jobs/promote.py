@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from jobs import logs
 from jobs.config import load_config
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, DataError, ExportError, JobError, SearchError
 
@@ -205,11 +206,7 @@ def _publish(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args.log_level)
     try:
         if not args.output:
             raise ConfigError("--output (or TUNE_OUTPUT) is required: the model goes to OUTPUT/models")

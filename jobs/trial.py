@@ -16,13 +16,13 @@ import math
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from jobs import logs
 from jobs.config import FloatRange, IntRange, JobConfig, SpaceConfig, load_config
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, JobError, SearchError
 
@@ -279,19 +279,9 @@ def run_trial(config: JobConfig, settings: TrialSettings) -> dict[str, Any]:
     return record
 
 
-class Rfc3339Formatter(logging.Formatter):
-    """The job's log format with an RFC 3339 time first (``2026-12-07T14:45:26.802+00:00 INFO ...``):
-    Katib's collector takes a line's first word as its time only in that form (else the zero time)."""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one trial; every :class:`jobs.errors.JobError` becomes one log line and its exit code."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Rfc3339Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logs.setup("INFO", rfc3339=True)
     try:
         settings = parse_settings(argv)
         cli: dict[str, Any] = {}
