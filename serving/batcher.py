@@ -68,6 +68,10 @@ class Batcher:
         self._draining = False
         self._running: set[asyncio.Task] = set()
         self._last_merge = -BUSY_WINDOW_SECONDS  # when a batch last merged several requests
+        # The most requests a batch merged lately (in the last BUSY_WINDOW_SECONDS): about that many
+        # clients are in play, so a busy wait ends once that many requests are queued.
+        self._peak_requests = 0
+        self._peak_at = -BUSY_WINDOW_SECONDS
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -88,7 +92,7 @@ class Batcher:
         self._queued_images += count
         # While a partial batch waits to fill, only a full batch ends the wait early: waking the
         # batcher for every arriving request would cost a task switch per request.
-        if not self._filling or self._queued_images >= self._max_batch:
+        if not self._filling or self._batch_ready():
             self._wakeup.set()
         return await future
 
@@ -136,10 +140,17 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _batch_ready(self) -> bool:
+        """A waiting batch need not wait longer: it is full, or under concurrent traffic as many
+        requests are queued as the largest recent batch merged (the clients it answered are back)."""
+        if self._queued_images >= self._max_batch:
+            return True
+        return self._peak_requests > 1 and len(self._queue) >= self._peak_requests
+
     async def _wait_for_batch(self, deadline: float) -> None:
-        """Wait until the batch is full, the deadline passes or shutdown drains the queue."""
+        """Wait until the batch is ready, the deadline passes or shutdown drains the queue."""
         remaining = deadline - time.perf_counter()
-        if remaining <= 0 or self._queued_images >= self._max_batch or self._draining:
+        if remaining <= 0 or self._batch_ready() or self._draining:
             return
         self._filling = True
         self._wakeup.clear()
@@ -168,7 +179,10 @@ class Batcher:
         self._queue.extendleft(reversed(skipped))
         self._queued_images -= size
         if len(items) > 1:
-            self._last_merge = time.perf_counter()
+            now = time.perf_counter()
+            if len(items) >= self._peak_requests or now - self._peak_at > BUSY_WINDOW_SECONDS:
+                self._peak_requests, self._peak_at = len(items), now
+            self._last_merge = now
         return items
 
     async def _run(self, items: list[_Item]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,34 @@ def test_busy_delay_is_paid_only_under_concurrent_traffic(model):
     lone, busy = asyncio.run(main())
     assert lone < 0.1
     assert busy >= 0.25
+
+
+def test_busy_wait_ends_once_as_many_requests_are_queued_as_a_recent_batch_merged(model):
+    # Four clients in lock step: once all four are back, waiting longer gains nothing (it only idles
+    # the model); fewer than four still wait for company.
+    metrics = ServingMetrics()
+    one = np.zeros((1, 28, 28), np.float32)
+
+    async def main():
+        batcher = Batcher(metrics, max_batch_size=64, busy_queue_delay=30.0)
+        batcher.start()
+        await asyncio.gather(*(batcher.predict(model, one) for _ in range(4)))  # one batch of four
+        began = time.perf_counter()
+        tasks = await _submit_staggered(batcher, model, count=4, gap=0.02)
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)  # not the 30 s busy delay
+        four_back = time.perf_counter() - began
+        tasks = await _submit_staggered(batcher, model, count=3, gap=0.02)
+        await asyncio.sleep(0.3)
+        three_waiting = not any(task.done() for task in tasks)
+        await batcher.close()  # runs the waiting batch without the delay
+        await asyncio.gather(*tasks)
+        return four_back, three_waiting
+
+    four_back, three_waiting = asyncio.run(main())
+    assert four_back < 5
+    assert three_waiting
+    assert metrics.registry.get_sample_value("digits_batch_size_count") == 3
+    assert metrics.registry.get_sample_value("digits_batch_size_sum") == 4 + 4 + 3
 
 
 def test_full_queue_rejects_at_once(model):
