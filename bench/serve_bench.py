@@ -6,7 +6,8 @@
 Measures, in one run: single-image Predict at concurrency 1 and 32 (throughput, p50, p99); a no-op
 handler on the same grpc.aio server as the transport floor; TF Serving Predict and Open Inference
 Protocol v2 ModelInfer (raw FP32) at c=1 and c=32 on the same port; v2 REST infer at c=1 and c=32 on the
-HTTP port, in JSON and with the binary tensor data extension; a no-op endpoint of the same HTTP stack
+HTTP port, in JSON and with the binary tensor data extension (and both with 64-image requests at c=4,
+where the binary form pays); a no-op endpoint of the same HTTP stack
 (Starlette on uvicorn, same settings) in its own process, a stricter one (a plain ASGI callable on the
 same uvicorn, reading and answering like the service's direct v2 infer route) and a plain aiohttp no-op
 server; with --mlserver, MLServer 1.7.1 serving the same SavedModel (custom runtime
@@ -286,15 +287,30 @@ def _payloads(directory: Path) -> dict[str, Path]:
     v2 = grpc_predict_v2_pb2.ModelInferRequest(model_name="mnist")
     v2.inputs.add(name="images", datatype="FP32", shape=[1, 28, 28])
     v2.raw_input_contents.append(image.astype("<f4").tobytes())
-    tensor = {"name": "images", "datatype": "FP32", "shape": [1, 28, 28], "data": image.ravel().tolist()}
-    raw = image.astype("<f4").tobytes()
-    binary_head = json.dumps(
-        {
-            "inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 28, 28],
-                        "parameters": {"binary_data_size": len(raw)}}],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()  # fmt: skip
+
+    def v2_rest(count: int) -> tuple[bytes, bytes, bytes]:
+        """``count`` images as v2 REST bodies: JSON, binary, and the binary body's JSON head."""
+        images = np.tile(image, (count, 1, 1))
+        shape = [count, 28, 28]
+        tensor = {"name": "images", "datatype": "FP32", "shape": shape, "data": images.ravel().tolist()}
+        raw = images.astype("<f4").tobytes()
+        binary_head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "FP32",
+                        "shape": shape,
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        return json.dumps({"inputs": [tensor]}).encode(), binary_head + raw, binary_head  # fmt: skip
+
+    json1, binary1, head1 = v2_rest(1)
+    json64, binary64, head64 = v2_rest(64)
     bodies = {
         "empty": b"",
         "predict1": digits_pb2.PredictRequest(uint8_pixels=image.tobytes()).SerializeToString(),
@@ -303,14 +319,17 @@ def _payloads(directory: Path) -> dict[str, Path]:
         ).SerializeToString(),
         "tfs1": tfs.SerializeToString(),
         "v2grpc1": v2.SerializeToString(),
-        "v2json1": json.dumps({"inputs": [tensor]}).encode(),
-        "v2bin1": binary_head + raw,  # as tritonclient.http sends it by default
+        "v2json1": json1,
+        "v2bin1": binary1,  # as tritonclient.http sends it by default
+        "v2json64": json64,
+        "v2bin64": binary64,
     }
     paths = {}
     for name, body in bodies.items():
         paths[name] = directory / f"{name}.bin"
         paths[name].write_bytes(body)
-    (directory / "v2bin1.bin.headers").write_text(f"Inference-Header-Content-Length: {len(binary_head)}\r\n")
+    for name, head in (("v2bin1", head1), ("v2bin64", head64)):
+        (directory / f"{name}.bin.headers").write_text(f"Inference-Header-Content-Length: {len(head)}\r\n")
     return paths
 
 
@@ -532,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
             "HTTP v2 JSON c=32": (http_target, infer_path, "v2json1", 1, 32),
             "HTTP v2 binary c=1": (http_target, infer_path, "v2bin1", 1, 1),
             "HTTP v2 binary c=32": (http_target, infer_path, "v2bin1", 1, 32),
+            # where the binary extension pays: larger tensors (64 images, 200 KB of JSON text)
+            "HTTP v2 JSON 64 img c=4": (http_target, infer_path, "v2json64", 64, 4),
+            "HTTP v2 binary 64 img c=4": (http_target, infer_path, "v2bin64", 64, 4),
         }  # fmt: skip
         owner = {target: server, http_target: server, f"127.0.0.1:{noop_port}": http_noop,
                  f"127.0.0.1:{plain_port}": plain_noop,
@@ -619,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
          rate("HTTP v2 JSON c=32") / rate("aiohttp no-op c=32"), 0.60),
         ("c=32 HTTP v2 binary >= 1.3x HTTP v2 JSON req/s",
          rate("HTTP v2 binary c=32") / rate("HTTP v2 JSON c=32"), 1.3),
+        ("(no target) 64-image requests at c=4: HTTP v2 binary against HTTP v2 JSON req/s",
+         rate("HTTP v2 binary 64 img c=4") / rate("HTTP v2 JSON 64 img c=4"), 0.0),
     ]  # fmt: skip
     if "MLServer v2 JSON c=32" in results:
         checks.append(
