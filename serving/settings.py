@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     busy_queue_delay_us: int = Field(
         default=3000,
         ge=0,
-        description="under concurrent traffic only, how long a partial batch may wait for more requests "
+        description="under concurrent traffic only, how long a partial batch may wait for more requests; "
+        "the wait ends early once as many are queued as the largest batch of the last 100 ms "
         "(a lone client never waits; 0: never)",
     )
     max_queued_images: int = Field(
