@@ -62,6 +62,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="model") if threads else None
         self._wakeup: asyncio.Event | None = None
         self._filling = False  # a partial batch is waiting for more requests
+        self._to_peak = False  # ...and it is a busy wait, which ends once the recent peak is queued
         self._free = asyncio.Semaphore(max(threads, 1))
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -123,7 +124,7 @@ class Batcher:
                 continue
             await self._free.acquire()
             if self._delay > 0 and not self._draining:
-                await self._wait_for_batch(self._queue[0].enqueued + self._delay)
+                await self._wait_for_batch(self._queue[0].enqueued + self._delay, to_peak=False)
             elif (
                 self._busy_delay > 0
                 and not self._draining
@@ -131,7 +132,7 @@ class Batcher:
             ):
                 # Concurrent traffic (a recent batch merged several requests): the clients it
                 # answered are about to send again, so give them a moment to join this batch.
-                await self._wait_for_batch(self._queue[0].enqueued + self._busy_delay)
+                await self._wait_for_batch(self._queue[0].enqueued + self._busy_delay, to_peak=True)
             items = self._take_batch()
             if self._threads <= 1:  # one call at a time: run it here and save a task per batch
                 await self._run(items)
@@ -141,14 +142,18 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     def _batch_ready(self) -> bool:
-        """A waiting batch need not wait longer: it is full, or under concurrent traffic as many
-        requests are queued as the largest recent batch merged (the clients it answered are back)."""
+        """A waiting batch need not wait longer: it is full, or (a busy wait) as many requests are
+        queued as the largest recent batch merged: the clients it answered are back."""
         if self._queued_images >= self._max_batch:
             return True
-        return self._peak_requests > 1 and len(self._queue) >= self._peak_requests
+        return self._to_peak and self._peak_requests > 1 and len(self._queue) >= self._peak_requests
 
-    async def _wait_for_batch(self, deadline: float) -> None:
-        """Wait until the batch is ready, the deadline passes or shutdown drains the queue."""
+    async def _wait_for_batch(self, deadline: float, *, to_peak: bool) -> None:
+        """Wait until the batch is ready, the deadline passes or shutdown drains the queue.
+
+        ``to_peak``: the busy wait, which also ends at the recent peak; ``max_queue_delay`` keeps TF
+        Serving's meaning (a partial batch waits for the timeout or a full batch)."""
+        self._to_peak = to_peak
         remaining = deadline - time.perf_counter()
         if remaining <= 0 or self._batch_ready() or self._draining:
             return

@@ -216,6 +216,23 @@ def test_busy_wait_ends_once_as_many_requests_are_queued_as_a_recent_batch_merge
     assert metrics.registry.get_sample_value("digits_batch_size_sum") == 4 + 4 + 3
 
 
+def test_max_queue_delay_is_not_cut_short_by_the_recent_peak(model):
+    # max_queue_delay keeps TF Serving's meaning: a partial batch waits for the timeout or a full batch.
+    one = np.zeros((1, 28, 28), np.float32)
+
+    async def main():
+        batcher = Batcher(ServingMetrics(), max_batch_size=64, max_queue_delay=0.4)
+        batcher.start()
+        await asyncio.gather(*(batcher.predict(model, one) for _ in range(4)))  # one batch of four
+        began = time.perf_counter()
+        await asyncio.gather(*await _submit_staggered(batcher, model, count=4, gap=0.01))
+        took = time.perf_counter() - began
+        await batcher.close()
+        return took
+
+    assert asyncio.run(main()) >= 0.35
+
+
 def test_full_queue_rejects_at_once(model):
     async def main():
         batcher = Batcher(ServingMetrics(), max_batch_size=64, max_queue_delay=0.2, max_queued_images=4)
