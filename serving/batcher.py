@@ -91,8 +91,9 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(model, images, future, time.perf_counter()))
         self._queued_images += count
-        # While a partial batch waits to fill, only a full batch ends the wait early: waking the
-        # batcher for every arriving request would cost a task switch per request.
+        # While a partial batch waits to fill, only a ready batch (full, or a busy wait's recent peak
+        # reached) ends the wait early: waking the batcher for every arriving request would cost a
+        # task switch per request.
         if not self._filling or self._batch_ready():
             self._wakeup.set()
         return await future
