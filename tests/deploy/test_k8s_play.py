@@ -26,10 +26,7 @@ import modelrepo
 from jobs.errors import EXIT_DISTRIBUTED
 from tests.support import REPO, wait_for
 from tests.support.containers import (
-    build_project_images,
-    make_base_image,
     official_mnist,
-    podman_env,
     progress_to_terminal,
     timestamp,
 )
@@ -41,16 +38,15 @@ from tests.support.kube import (
     TEST_ENV,
     Cluster,
     Deviations,
-    cluster,
     declared_probes,
     find,
-    for_podman,
     job_outcome,
+    play,
+    played_cluster,
     pods_for,
     probe,
     render,
 )
-from tests.support.tools import require_tools
 
 pytestmark = pytest.mark.k8s
 
@@ -73,40 +69,21 @@ def mnist() -> Path:
 
 
 @pytest.fixture(scope="module")
-def env() -> dict[str, str]:
-    require_tools("podman", "kubectl", "debootstrap")
-    return podman_env()
-
-
-@pytest.fixture(scope="module")
-def manifests(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """``k8s/`` rendered by kustomize with the images pointed at the local builds (built here if needed)."""
-    started = time.monotonic()
-    make_base_image(env)
-    images = build_project_images(env, tag="k8s")
-    say(f"base image and project images ready in {time.monotonic() - started:.0f} s")
-    overlay = {"mnist-tune": images["tune"], "mnist-serve": images["serve"]}
-    return render(REPO / "k8s", overlay, tmp_path_factory.mktemp("kustomize"))
+def manifests(k8s_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """``k8s/`` rendered by kustomize with the images pointed at the local builds."""
+    return render(REPO / "k8s", k8s_images, tmp_path_factory.mktemp("kustomize"))
 
 
 @pytest.fixture
-def played(env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    keep = os.environ.get("K8S_KEEP") == "1"
-    with cluster("mnist-k8s", SUBNET, env, keep=keep) as c:
+def played(k8s_env: dict[str, str]) -> Iterator[Cluster]:
+    # (4) nothing of it is left: every pod, container, claim volume and the network.
+    with played_cluster("mnist-k8s", SUBNET, k8s_env, say) as c:
         yield c
-        # (4) nothing of it is left: every pod, container, claim volume and the network.
-        c.teardown()
-        left = c.leftovers()
-        assert not any(left.values()), f"left behind after kube down: {left}"
-        say("kube down: no pod, container, volume or network left")
 
 
 def play_pods(c: Cluster, pods: list[dict], deviations: Deviations) -> None:
     for pod in pods:
-        adapted, changes = for_podman(pod, deviations)
-        for change in changes:
-            say(f"deviation: {change}")
-        c.play(adapted)
+        play(c, pod, deviations, say)
 
 
 def tune_deviations(c: Cluster, pods: list[dict], mnist: Path, **env: str) -> Deviations:

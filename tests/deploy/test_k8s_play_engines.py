@@ -23,10 +23,7 @@ import yaml
 import modelrepo
 from tests.support import REPO, wait_for
 from tests.support.containers import (
-    build_project_images,
-    make_base_image,
     official_mnist,
-    podman_env,
     progress_to_terminal,
 )
 from tests.support.containers import run as run_command
@@ -39,15 +36,14 @@ from tests.support.kube import (
     TEST_ENV,
     Cluster,
     Deviations,
-    cluster,
     declared_probes,
     find,
-    for_podman,
+    play,
+    played_cluster,
     pods_for,
     probe,
     render,
 )
-from tests.support.tools import require_tools
 
 pytestmark = pytest.mark.k8s
 
@@ -69,39 +65,10 @@ def mnist() -> Path:
     return official_mnist("k8s")
 
 
-@pytest.fixture(scope="module")
-def env() -> dict[str, str]:
-    require_tools("podman", "kubectl", "debootstrap")
-    return podman_env()
-
-
-@pytest.fixture(scope="module")
-def images(env: dict[str, str]) -> dict[str, str]:
-    started = time.monotonic()
-    make_base_image(env)
-    built = build_project_images(env, tag="k8s")
-    say(f"base image and project images ready in {time.monotonic() - started:.0f} s")
-    return {"mnist-tune": built["tune"], "mnist-serve": built["serve"]}
-
-
 @pytest.fixture
-def played(env: dict[str, str]) -> Iterator[Cluster]:
-    keep = os.environ.get("K8S_KEEP") == "1"
-    with cluster("mnist-k8s-engines", SUBNET, env, keep=keep) as c:
+def played(k8s_env: dict[str, str]) -> Iterator[Cluster]:
+    with played_cluster("mnist-k8s-engines", SUBNET, k8s_env, say) as c:
         yield c
-        if keep:
-            return
-        c.teardown()
-        left = c.leftovers()
-        assert not any(left.values()), f"left behind after kube down: {left}"
-        say("kube down: no pod, container, volume or network left")
-
-
-def play(c: Cluster, pod: dict, deviations: Deviations) -> None:
-    adapted, changes = for_podman(pod, deviations)
-    for change in changes:
-        say(f"deviation: {change}")
-    c.play(adapted)
 
 
 def exited(c: Cluster, pod: str, container: str, timeout: float) -> int:
@@ -117,11 +84,11 @@ def exited(c: Cluster, pod: str, container: str, timeout: float) -> int:
 
 @pytest.mark.timeout(1800)
 def test_kserve_predictor_pod_answers_kserves_sdk_clients(
-    played: Cluster, images: dict[str, str], mnist: Path, tmp_path: Path
+    played: Cluster, k8s_images: dict[str, str], mnist: Path, tmp_path: Path
 ) -> None:
     t0 = time.monotonic()
-    kserve = render(REPO / "k8s" / "kserve", {"mnist-serve": images["mnist-serve"]}, tmp_path / "kserve")
-    tune = render(REPO / "k8s", images, tmp_path / "k8s")
+    kserve = render(REPO / "k8s" / "kserve", {"mnist-serve": k8s_images["mnist-serve"]}, tmp_path / "kserve")
+    tune = render(REPO / "k8s", k8s_images, tmp_path / "k8s")
     pod = kserve_predictor_pod(kserve)
     name = pod["metadata"]["name"]
     (container,) = pod["spec"]["containers"]
@@ -145,7 +112,7 @@ def test_kserve_predictor_pod_answers_kserves_sdk_clients(
 
     # The predictor first (kubectl apply -k k8s/kserve next to the tune Job): no model yet.
     played.address(name)
-    play(played, pod, Deviations(claims={CLAIM: str(workspace)}))
+    play(played, pod, Deviations(claims={CLAIM: str(workspace)}), say)
     probes = declared_probes(container)
     assert set(probes) == {"startupProbe", "readinessProbe", "livenessProbe"}, sorted(probes)
     startup, readiness = probes["startupProbe"], probes["readinessProbe"]
@@ -163,7 +130,7 @@ def test_kserve_predictor_pod_answers_kserves_sdk_clients(
     one = dict(job, metadata={**job["metadata"], "name": f"{JOB}-once"})
     one["spec"] = {**job["spec"], "completionMode": "NonIndexed", "completions": 1, "parallelism": 1}
     (tune_pod,) = pods_for(one, uid=str(uuid.uuid4()))
-    play(played, tune_pod, Deviations(env=TEST_ENV, host_paths={DATA_IN_POD: str(mnist)}))
+    play(played, tune_pod, Deviations(env=TEST_ENV, host_paths={DATA_IN_POD: str(mnist)}), say)
     tune_name = tune_pod["metadata"]["name"]
     assert exited(played, tune_name, "tune", 900) == 0, played.logs(tune_name, "tune")
     models = workspace / "run" / "models"
@@ -215,11 +182,11 @@ def official_test_set(mnist: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.timeout(1800)
 def test_katib_trial_pods_then_promotion_then_the_predictor_serves_the_best(
-    played: Cluster, images: dict[str, str], mnist: Path, tmp_path: Path
+    played: Cluster, k8s_images: dict[str, str], mnist: Path, tmp_path: Path
 ) -> None:
     t0 = time.monotonic()
-    (experiment,) = render(REPO / "k8s" / "katib", images, tmp_path / "katib")
-    tune = render(REPO / "k8s", images, tmp_path / "k8s")
+    (experiment,) = render(REPO / "k8s" / "katib", k8s_images, tmp_path / "katib")
+    tune = render(REPO / "k8s", k8s_images, tmp_path / "k8s")
     workspace = played.claim(find(tune, "PersistentVolumeClaim", CLAIM))
     # Two of the trials a Suggestion could assign (seed's space), one learning fast and one slowly.
     base = {"num_layers": "2", "units_1": "32", "units_2": "32", "units_3": "32", "units_4": "32"}
@@ -234,7 +201,7 @@ def test_katib_trial_pods_then_promotion_then_the_predictor_serves_the_best(
     for trial, assignment in trials.items():
         pod = katib_trial_pod(experiment, assignment, trial, uid=str(uuid.uuid4()))
         name = pod["metadata"]["name"]
-        play(played, pod, deviations)
+        play(played, pod, deviations, say)
         code = exited(played, name, "trial", 600)
         # The collector's folder (the emptyDir), read from the exited container in the sidecar's place.
         logs = tmp_path / trial
@@ -259,13 +226,15 @@ def test_katib_trial_pods_then_promotion_then_the_predictor_serves_the_best(
     # k8s/katib/promote-job.yaml (kubectl create -f): its image pointed at the local build, as render does.
     promote = yaml.safe_load((REPO / "k8s" / "katib" / "promote-job.yaml").read_text())
     for container in promote["spec"]["template"]["spec"]["containers"]:
-        container["image"] = images["mnist-tune"]
-    say(f"test step: {promote['metadata']['name']} image set to {images['mnist-tune']} (kubectl create -f)")
+        container["image"] = k8s_images["mnist-tune"]
+    image = k8s_images["mnist-tune"]
+    say(f"test step: {promote['metadata']['name']} image set to {image} (kubectl create -f)")
     (promote_pod,) = pods_for(promote, uid=str(uuid.uuid4()))
     play(
         played,
         promote_pod,
         Deviations(env={"MNIST_DATA_DIR": DATA_IN_POD}, host_paths={DATA_IN_POD: str(mnist)}),
+        say,
     )
     promote_name = promote_pod["metadata"]["name"]
     assert exited(played, promote_name, "promote", 600) == 0, played.logs(promote_name, "promote")
@@ -276,12 +245,12 @@ def test_katib_trial_pods_then_promotion_then_the_predictor_serves_the_best(
     say(f"promoted {winner} as version 1 (test accuracy {metadata.test_accuracy:.4f})")
 
     # The KServe predictor on the same claim serves it.
-    kserve = render(REPO / "k8s" / "kserve", {"mnist-serve": images["mnist-serve"]}, tmp_path / "kserve")
+    kserve = render(REPO / "k8s" / "kserve", {"mnist-serve": k8s_images["mnist-serve"]}, tmp_path / "kserve")
     pod = kserve_predictor_pod(kserve)
     name = pod["metadata"]["name"]
     (container,) = pod["spec"]["containers"]
     played.address(name)
-    play(played, pod, Deviations(claims={CLAIM: str(workspace)}))
+    play(played, pod, Deviations(claims={CLAIM: str(workspace)}), say)
     readiness = container["readinessProbe"]
     wait_for(lambda: probe(played, name, container, readiness), 180, "the predictor's readiness", interval=2)
     test_images, labels = official_test_set(mnist)

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,6 +439,28 @@ def cluster(name: str, subnet: str, env: dict[str, str], keep: bool = False) -> 
         if not keep:
             played.teardown(force=True)
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def played_cluster(
+    name: str, subnet: str, env: dict[str, str], report: Callable[[str], None]
+) -> Iterator[Cluster]:
+    """:func:`cluster` for a test: after a passing test, ``kube down`` must leave no pod, container, claim
+    volume or network behind; ``K8S_KEEP=1`` leaves a failing test's pods up for debugging."""
+    with cluster(name, subnet, env, keep=os.environ.get("K8S_KEEP") == "1") as played:
+        yield played
+        played.teardown()
+        left = played.leftovers()
+        assert not any(left.values()), f"left behind after kube down: {left}"
+        report("kube down: no pod, container, volume or network left")
+
+
+def play(played: Cluster, pod: dict, deviations: Deviations, report: Callable[[str], None]) -> None:
+    """Adapt ``pod`` for podman (:func:`for_podman`), ``report`` each deviation, and play it."""
+    adapted, changes = for_podman(pod, deviations)
+    for change in changes:
+        report(f"deviation: {change}")
+    played.play(adapted)
 
 
 # --- probes, as a kubelet runs them -------------------------------------------------------------------
